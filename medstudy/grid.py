@@ -1,0 +1,358 @@
+"""Expand a profile (``params/<profile>.yaml``) into papermill jobs and run them in order.
+
+A *job* is one notebook execution: ``results/executed/<notebook>__<key>.ipynb``. Jobs run in
+notebook order (01 → 07), which is the dependency order. A job is skipped when its stamp
+(``results/executed/<notebook>__<key>.done.json``) records the same *job hash*: the hash of its
+parameters, the notebook's source, the md5s of its dataset files and the stamps of the jobs it
+reads from. Inside a notebook every expensive unit is also cached by run_id, so a re-executed
+notebook recomputes only what changed. Code changes inside ``medstudy/`` do not invalidate
+stamps (the manifest records the git SHA); use ``--force`` after changing library code.
+
+CLI (``run_all.sh`` passes its flags here)::
+
+    python -m medstudy.grid [--profile quick] [--only 01,03] [--datasets a,b] [--dry-run]
+                            [--results DIR] [--force] [--launcher local|slurm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medstudy import paths
+
+NOTEBOOKS: tuple[str, ...] = (
+    "01_pretrain",
+    "02_transfer",
+    "03_label_efficiency",
+    "04_representations",
+    "05_interpretability",
+    "06_robustness",
+    "07_robustness_stats",
+)
+PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
+# How each notebook is split into jobs: per dataset × arm, per dataset, or once.
+PER_ARM = {"01_pretrain"}
+ONCE = {"07_robustness_stats"}
+# Parameters a notebook takes from the profile's shared ``pretrain`` block (so that 02/03 can
+# find the checkpoints 01 wrote), with the prefix they carry there.
+PRETRAIN_KEYS = ("epochs", "batch_size", "lr", "max_train", "curriculum", "seed")
+
+
+class GridError(ValueError):
+    """A profile or a CLI flag is invalid."""
+
+
+@dataclass
+class Job:
+    notebook: str
+    key: str
+    params: dict[str, Any]
+    dataset: str | None = None
+    upstream: list[str] = field(default_factory=list)  # job names this job reads from
+
+    @property
+    def name(self) -> str:
+        return f"{self.notebook}__{self.key}"
+
+    def output(self, root: Path) -> Path:
+        return root / "executed" / f"{self.name}.ipynb"
+
+    def stamp(self, root: Path) -> Path:
+        return root / "executed" / f"{self.name}.done.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def load_profile(profile: str) -> dict[str, Any]:
+    """Read ``params/<profile>.yaml``; unknown profiles name the valid ones."""
+    path = paths.params_dir() / f"{profile}.yaml"
+    if profile not in PROFILES or not path.exists():
+        valid = sorted(p.stem for p in paths.params_dir().glob("*.yaml"))
+        raise GridError(f"unknown profile {profile!r}; valid: {valid}")
+    with open(path) as fh:
+        spec = yaml.safe_load(fh)
+    for key in ("datasets", "notebooks"):
+        if key not in spec:
+            raise GridError(f"{path}: missing top-level key {key!r}")
+    unknown = sorted(set(spec["notebooks"]) - set(NOTEBOOKS))
+    if unknown:
+        raise GridError(f"{path}: unknown notebooks {unknown}; valid: {list(NOTEBOOKS)}")
+    return spec
+
+
+def expand(
+    spec: dict[str, Any], only: Sequence[str] = (), datasets: Sequence[str] = ()
+) -> list[Job]:
+    """The profile's jobs in dependency order, filtered by ``only`` (e.g. ``["01", "03"]``)."""
+    chosen = list(datasets) or list(spec["datasets"])
+    common = {
+        "backbone": spec.get("backbone", "resnet20_cifar"),
+        "image_size": spec.get("image_size", 28),
+    }
+    pretrain = spec.get("pretrain", {})
+    unknown_pre = sorted(set(pretrain) - set(PRETRAIN_KEYS))
+    if unknown_pre:
+        raise GridError(f"pretrain block: unknown keys {unknown_pre}; valid: {list(PRETRAIN_KEYS)}")
+    prefixes = {o.split("_")[0] for o in only}
+    bad = sorted(prefixes - {n.split("_")[0] for n in NOTEBOOKS})
+    if bad:
+        raise GridError(f"--only: unknown notebooks {bad}; valid: {[n[:2] for n in NOTEBOOKS]}")
+    jobs: list[Job] = []
+    by_dataset: dict[str, list[str]] = {}
+    for nb in NOTEBOOKS:
+        if nb not in spec["notebooks"]:
+            continue
+        nb_spec = dict(spec["notebooks"][nb] or {})
+        if nb in ONCE:
+            job = Job(nb, "all", {**nb_spec, "datasets": chosen, "profile": spec["profile"]})
+            job.upstream = [j.name for j in jobs]
+            jobs.append(job)
+            continue
+        arms = nb_spec.pop("arms", []) if nb in PER_ARM else []
+        clash = sorted(set(nb_spec) & set(PRETRAIN_KEYS)) if nb in PER_ARM else []
+        if clash:
+            raise GridError(
+                f"{nb}: {clash} belong in the profile's shared 'pretrain' block, so that later "
+                "notebooks find the checkpoints 01 wrote"
+            )
+        for ds in chosen:
+            upstream = list(by_dataset.get(ds, []))
+            if nb in PER_ARM:
+                for arm in arms:
+                    params = {**common, "dataset": ds, "arm": arm, **pretrain, **nb_spec}
+                    jobs.append(Job(nb, f"{ds}__{_slug(arm)}", params, ds, upstream))
+            else:
+                params = {**common, "dataset": ds}
+                params.update({f"pretrain_{k}": v for k, v in pretrain.items()})
+                params.update(nb_spec)
+                jobs.append(Job(nb, ds, params, ds, upstream))
+        for job in jobs:
+            if job.notebook == nb and job.dataset:
+                by_dataset.setdefault(job.dataset, []).append(job.name)
+    if prefixes:
+        jobs = [j for j in jobs if j.notebook.split("_")[0] in prefixes]
+    return jobs
+
+
+def _file_md5(path: Path) -> str:
+    from medstudy.data.loaders import file_md5
+
+    return file_md5(path)
+
+
+def dataset_inputs(dataset: str | None, image_size: int) -> dict[str, str]:
+    """md5 of the dataset file (the job's data input); generated sets have none."""
+    if dataset is None:
+        return {}
+    from medstudy.data.info import INFO
+
+    info = INFO.get(dataset)
+    name = info.filename(image_size) if info else f"{dataset}.npz"
+    path = paths.data_dir() / name
+    return {name: _file_md5(path)} if path.exists() else {}
+
+
+def job_hash(job: Job, root: Path) -> str:
+    notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
+    upstream = {}
+    for name in job.upstream:
+        stamp = root / "executed" / f"{name}.done.json"
+        upstream[name] = json.loads(stamp.read_text())["hash"] if stamp.exists() else None
+    payload = {
+        "params": job.params,
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "data": dataset_inputs(job.dataset, int(job.params.get("image_size", 28))),
+        "upstream": upstream,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_finished(job: Job, root: Path) -> bool:
+    stamp = job.stamp(root)
+    if not stamp.exists() or not job.output(root).exists():
+        return False
+    return json.loads(stamp.read_text()).get("hash") == job_hash(job, root)
+
+
+def execute(job: Job, root: Path) -> float:
+    """Run one job with papermill; returns wall seconds. Raises on failure."""
+    import papermill as pm
+
+    from medstudy.results import atomic_write, now_iso, write_json
+
+    notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
+    out = job.output(root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    # Written to a temp name and renamed: an interrupted job never leaves an executed notebook
+    # that looks finished.
+    atomic_write(
+        out,
+        lambda tmp: pm.execute_notebook(
+            str(notebook),
+            str(tmp),
+            parameters=job.params,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(paths.notebooks_dir()),
+        ),
+    )
+    wall = time.perf_counter() - t0
+    write_json(
+        job.stamp(root),
+        {"hash": job_hash(job, root), "params": job.params, "end": now_iso(), "wall_s": wall},
+    )
+    return wall
+
+
+def run(
+    profile: str = "quick",
+    only: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    dry_run: bool = False,
+    force: bool = False,
+    launcher: str = "local",
+) -> int:
+    spec = load_profile(profile)
+    if datasets:
+        from medstudy.config import validate_dataset
+
+        for ds in datasets:
+            validate_dataset(ds)
+    jobs = expand(spec, only, datasets)
+    validate_jobs(jobs)
+    root = paths.results_dir()
+    print(f"[medstudy] profile={profile} jobs={len(jobs)} results={root}", flush=True)
+    if launcher == "slurm":
+        return run_slurm(jobs, root, spec, dry_run=dry_run, force=force)
+    if launcher != "local":
+        raise GridError(f"unknown launcher {launcher!r}; valid: ['local', 'slurm']")
+    t_all = time.perf_counter()
+    n_skipped = 0
+    for i, job in enumerate(jobs, 1):
+        finished = not force and is_finished(job, root)
+        tag = f"[{i}/{len(jobs)}] {job.name}"
+        if dry_run:
+            print(f"{tag}  {'done (skip)' if finished else 'to run'}  {json.dumps(job.params)}")
+            continue
+        if finished:
+            n_skipped += 1
+            print(f"{tag}  skipped (finished, unchanged)", flush=True)
+            continue
+        print(f"{tag}  running …", flush=True)
+        try:
+            wall = execute(job, root)
+        except Exception as err:  # noqa: BLE001 - report which notebook to open, then stop
+            print(
+                f"\n[medstudy] FAILED: {job.name}: {type(err).__name__}: {str(err)[:2000]}\n"
+                f"Open the executed notebook to see the failing cell: {job.output(root)}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{tag}  done in {wall:.1f} s", flush=True)
+    if dry_run:
+        return 0
+    print(
+        f"[medstudy] {len(jobs) - n_skipped} run, {n_skipped} skipped, "
+        f"{time.perf_counter() - t_all:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
+def validate_jobs(jobs: Sequence[Job]) -> None:
+    """Check every job's parameters against its stage config before any work."""
+    from medstudy import config as cfgmod
+
+    for job in jobs:
+        cls = {
+            "01_pretrain": cfgmod.PretrainConfig,
+            "02_transfer": cfgmod.TransferConfig,
+            "03_label_efficiency": cfgmod.TransferConfig,
+            "07_robustness_stats": cfgmod.ClaimsConfig,
+        }.get(job.notebook)
+        if cls is None:
+            raise GridError(f"{job.notebook}: no such notebook in this version of medstudy")
+        try:
+            cls.from_params(**job.params)
+        except (ValueError, TypeError) as err:
+            raise GridError(f"profile job {job.name}: {err}") from None
+        if not (paths.notebooks_dir() / f"{job.notebook}.ipynb").exists():
+            raise GridError(f"notebook missing: {paths.notebooks_dir() / job.notebook}.ipynb")
+
+
+def run_slurm(
+    jobs: Sequence[Job], root: Path, spec: dict[str, Any], dry_run: bool, force: bool
+) -> int:
+    """Submit each notebook's jobs as a submitit array and wait before the next notebook.
+
+    Notebook order is the dependency order, so one array per notebook keeps it without a
+    home-made scheduler. Slurm options come from the profile's ``slurm`` block.
+    """
+    try:
+        import submitit
+    except ImportError as err:
+        raise GridError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from err
+    todo = [j for j in jobs if force or not is_finished(j, root)]
+    if dry_run:
+        for j in todo:
+            print(f"slurm: would submit {j.name}")
+        return 0
+    executor = submitit.AutoExecutor(folder=str(root / "slurm"))
+    executor.update_parameters(**spec.get("slurm", {}))
+    for nb in NOTEBOOKS:
+        batch = [j for j in todo if j.notebook == nb]
+        if not batch:
+            continue
+        with executor.batch():
+            handles = [executor.submit(execute, j, root) for j in batch]
+        for job, handle in zip(batch, handles, strict=True):
+            try:
+                handle.result()
+            except Exception as err:  # noqa: BLE001
+                print(f"[medstudy] FAILED on slurm: {job.name}: {err}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", help=f"one of {list(PROFILES)}")
+    parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
+    parser.add_argument("--datasets", default="", help="override the profile's datasets")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    parser.add_argument("--results", default="", help="results dir (MEDSTUDY_RESULTS_DIR)")
+    parser.add_argument("--force", action="store_true", help="re-run finished jobs too")
+    parser.add_argument("--launcher", default="local", help="local | slurm (submitit)")
+    args = parser.parse_args(argv)
+    if args.results:
+        os.environ["MEDSTUDY_RESULTS_DIR"] = str(Path(args.results).resolve())
+    elif not os.environ.get("MEDSTUDY_RESULTS_DIR"):
+        # One results root per profile: smoke, quick and full runs never mix in one claims table.
+        os.environ["MEDSTUDY_RESULTS_DIR"] = str(paths.repo_root() / "results" / args.profile)
+    only = [s for s in args.only.split(",") if s]
+    datasets = [s for s in args.datasets.split(",") if s]
+    try:
+        return run(args.profile, only, datasets, args.dry_run, args.force, args.launcher)
+    except (GridError, ValueError) as err:
+        print(f"[medstudy] error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Tidy results: run ids, atomic writes, manifests, metrics and predictions, and the cache.
+
+Layout (DESIGN §7)::
+
+    results/<stage>/<run_id>/
+        config.json          the resolved config
+        manifest.json        git SHA + dirty flag, versions, data md5s, device, seed, times
+        metrics.csv          long/tidy, columns METRIC_COLUMNS
+        predictions.parquet  sample_id, y_true, score_* (+ the identifying columns)
+        DONE                 written last; a run without it is unfinished and is recomputed
+
+``run_id`` is a hash of the resolved config plus the md5s of its inputs, so a change of either
+gives a new run and an unchanged one is found again (the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medstudy import paths
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "stage",
+    "dataset",
+    "arm",
+    "protocol",
+    "fraction",
+    "seed",
+    "split",
+    "distortion",
+    "severity",
+    "metric",
+    "value",
+)
+# Columns that identify a prediction row besides the sample; shared with METRIC_COLUMNS.
+PREDICTION_KEYS: tuple[str, ...] = (
+    "stage",
+    "dataset",
+    "arm",
+    "protocol",
+    "fraction",
+    "seed",
+    "split",
+    "distortion",
+    "severity",
+)
+DONE_FILE = "DONE"
+PACKAGES: tuple[str, ...] = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "statsmodels",
+    "torch",
+    "torchvision",
+    "timm",
+    "lightly",
+    "lightning",
+    "captum",
+    "medmnist",
+    "papermill",
+)
+
+
+# ------------------------------------------------------------------------------ atomic I/O --
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` via ``write(tmp)`` on a temp file in the same folder, then rename.
+
+    A crash before the rename leaves at most a ``.tmp`` file, never a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name keeps the real suffix (tools such as papermill check it) behind ".tmp".
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+# -------------------------------------------------------------------------------- run ids --
+def config_hash(config: Any, inputs: Mapping[str, str] | None = None, length: int = 12) -> str:
+    """Stable hash of a (dataclass or dict) config plus ``{input name: md5}``."""
+    payload = {"config": _jsonable(config), "inputs": dict(sorted((inputs or {}).items()))}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def run_id(config: Any, inputs: Mapping[str, str] | None = None) -> str:
+    """``run_id`` = hash of the resolved config and the md5s of its inputs."""
+    return config_hash(config, inputs)
+
+
+def is_done(stage: str, rid: str) -> bool:
+    """True when ``results/<stage>/<rid>/`` was finished (its DONE marker exists)."""
+    return (paths.run_dir(stage, rid) / DONE_FILE).exists()
+
+
+# ------------------------------------------------------------------------------- manifest --
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    root = root or paths.repo_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha, "dirty": dirty}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------- runs --
+class Run:
+    """One run's folder. Use as a context manager; the DONE marker is written on clean exit.
+
+    >>> with Run("transfer", cfg, inputs={"pneumoniamnist.npz": md5}, seed=0) as run:
+    ...     run.log_metrics(rows)
+    ...     run.save_predictions(df)
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        config: Any,
+        inputs: Mapping[str, str] | None = None,
+        data: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.stage = stage
+        self.config = config
+        self.inputs = dict(inputs or {})
+        self.data = dict(data or {})
+        self.seed = seed
+        self.device = device
+        self.id = run_id(config, self.inputs)
+        self.dir = paths.run_dir(stage, self.id)
+        self._metrics: list[dict[str, Any]] = []
+        self._t0 = 0.0
+        self._start = ""
+
+    @property
+    def done(self) -> bool:
+        return is_done(self.stage, self.id)
+
+    def __enter__(self) -> Run:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / DONE_FILE).unlink(missing_ok=True)
+        self._t0, self._start = time.perf_counter(), now_iso()
+        write_json(self.dir / "config.json", self.config)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            return  # no DONE marker: the run is unfinished and will be recomputed
+        if self._metrics:
+            write_metrics(self.dir / "metrics.csv", self._metrics)
+        write_json(self.dir / "manifest.json", self.manifest())
+        atomic_write_text(self.dir / DONE_FILE, now_iso() + "\n")
+
+    def manifest(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "stage": self.stage,
+            "run_id": self.id,
+            "git": git_state(),
+            "versions": {"python": platform.python_version(), **package_versions()},
+            "inputs": self.inputs,
+            "data": self.data,
+            "seed": self.seed,
+            "device": self.device,
+            "torch_threads": torch.get_num_threads(),
+            "host": platform.node(),
+            "start": self._start,
+            "end": now_iso(),
+            "wall_time_s": round(time.perf_counter() - self._t0, 3),
+        }
+
+    def log_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._metrics.extend(dict(r) for r in rows)
+
+    def save_predictions(self, df: pd.DataFrame, name: str = "predictions.parquet") -> Path:
+        return write_predictions(self.dir / name, df)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+def metric_rows(base: Mapping[str, Any], values: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Tidy rows ``{**base, metric, value}`` for every metric in ``values``."""
+    rows = []
+    for metric, value in values.items():
+        row = {c: None for c in METRIC_COLUMNS}
+        row.update(base)
+        row.update(metric=metric, value=float(value))
+        rows.append(row)
+    return rows
+
+
+def write_metrics(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    df = pd.DataFrame(list(rows))
+    unknown = sorted(set(df.columns) - set(METRIC_COLUMNS))
+    if unknown:
+        raise ValueError(f"metrics rows have columns outside the schema: {unknown}")
+    df = df.reindex(columns=list(METRIC_COLUMNS))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def predictions_frame(
+    base: Mapping[str, Any], ids: np.ndarray, y_true: np.ndarray, scores: np.ndarray
+) -> pd.DataFrame:
+    """Per-sample predictions: identifying columns, ``sample_id``, ``y_true`` (or ``y_true_j``
+    for multi-label) and ``score_k`` (probabilities; for binary tasks the positive class is 1)."""
+    df = pd.DataFrame({"sample_id": np.asarray(ids)})
+    y = np.asarray(y_true)
+    if y.ndim == 2:
+        for j in range(y.shape[1]):
+            df[f"y_true_{j}"] = y[:, j]
+    else:
+        df["y_true"] = y
+    s = np.asarray(scores, dtype=np.float64)
+    for k in range(s.shape[1]):
+        df[f"score_{k}"] = s[:, k]
+    for key in reversed(PREDICTION_KEYS):
+        df.insert(0, key, base.get(key))
+    return df
+
+
+def write_predictions(path: Path, df: pd.DataFrame) -> Path:
+    if "sample_id" not in df.columns:
+        raise ValueError("predictions need a sample_id column (paired tests depend on it)")
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def collect_metrics(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
+    """All finished runs' metrics.csv concatenated (``stage=None``: every stage)."""
+    root = root or paths.results_dir()
+    pattern = f"{stage}/*/metrics.csv" if stage else "*/*/metrics.csv"
+    frames = []
+    for f in sorted(root.glob(pattern)):
+        if (f.parent / DONE_FILE).exists():
+            df = pd.read_csv(f)
+            df["run_id"] = f.parent.name
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=[*METRIC_COLUMNS, "run_id"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_predictions(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
+    """All finished runs' predictions concatenated, with a ``run_id`` column."""
+    root = root or paths.results_dir()
+    pattern = f"{stage}/*/*.parquet" if stage else "*/*/*.parquet"
+    frames = []
+    for f in sorted(root.glob(pattern)):
+        if (f.parent / DONE_FILE).exists():
+            df = pd.read_parquet(f)
+            df["run_id"] = f.parent.name
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=[*PREDICTION_KEYS, "sample_id", "run_id"])
+    return pd.concat(frames, ignore_index=True)

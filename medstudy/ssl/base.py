@@ -1,0 +1,125 @@
+"""The base of every SSL method: a module owning the backbone and its heads.
+
+A method is ~50 lines on top of :class:`SSLMethod` (as in solo-learn's ``BaseMethod``): it builds
+lightly's heads and loss in ``__init__`` and maps a list of views to a scalar loss in
+:meth:`SSLMethod.training_step`. The pretraining loop (:mod:`medstudy.ssl.loop`) owns the
+optimiser, schedule, checkpoints and online evaluation, so methods stay free of training code.
+
+Randomness a method needs beyond the views (SparK's masks) comes from ``ctx.generator``, never
+from the global RNG, so runs are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from medstudy.augment import AugmentRecipe
+from medstudy.models import Backbone
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "lars", "adamw")
+
+
+@dataclass
+class StepContext:
+    """Where training is, for schedules (momentum, temperature, frozen layers) and masks."""
+
+    step: int  # optimiser steps done before this one
+    max_steps: int
+    epoch: int
+    max_epochs: int
+    generator: torch.Generator
+
+
+class SSLMethod(nn.Module):
+    """Backbone + method-specific heads; ``training_step(views, ctx) -> loss``.
+
+    ``self.backbone`` is the encoder that is kept after pretraining (for momentum methods it is
+    the online/student network, the one the optimiser trains).
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def on_step_end(self, ctx: StepContext) -> None:
+        """Called after each optimiser step (momentum encoders update here)."""
+
+    def on_after_backward(self, ctx: StepContext) -> None:
+        """Called between backward and the optimiser step (e.g. cancel gradients)."""
+
+    def encoder(self) -> Backbone:
+        """The backbone kept after pretraining (DINO overrides this with its teacher)."""
+        return self.backbone
+
+    # Non-persistent buffers (lightly's memory banks / queues) are not in ``state_dict``; keep
+    # them in the extra state so that a killed-and-resumed run continues exactly.
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for mod_name, module in self.named_modules():
+            for buf_name in getattr(module, "_non_persistent_buffers_set", ()):
+                buf = module._buffers.get(buf_name)
+                if buf is not None:
+                    state[f"{mod_name}.{buf_name}" if mod_name else buf_name] = buf.detach().clone()
+        return state
+
+    def set_extra_state(self, state: Any) -> None:
+        if not state:
+            return
+        modules = dict(self.named_modules())
+        for key, value in state.items():
+            mod_name, _, buf_name = key.rpartition(".")
+            module = modules[mod_name]
+            module._buffers[buf_name] = value.to(module._buffers[buf_name].device)
+
+
+def momentum_copy(module: nn.Module, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """A frozen twin with the same weights, for a momentum (EMA) encoder (MoCo, BYOL, DINO).
+
+    ``factory`` builds a fresh instance for modules that cannot be deep-copied (a
+    ``weight_norm`` layer, as in DINO's head, holds a non-leaf weight tensor).
+    """
+    from lightly.models.utils import deactivate_requires_grad
+
+    if factory is None:
+        twin = copy.deepcopy(module)
+    else:
+        twin = factory()
+        twin.load_state_dict(module.state_dict())
+    deactivate_requires_grad(twin)
+    return twin
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry row: how to build the method and which views and optimiser it wants.
+
+    ``default_lr`` is the learning rate at batch size 256 with ``optimizer``, used for curriculum
+    stages (which have no per-stage lr) and shown in notebook 01.
+    """
+
+    name: str
+    build: Callable[[Backbone], SSLMethod]
+    recipe: AugmentRecipe
+    default_lr: float
+    optimizer: str
+    reference: str
+    family: str  # "contrastive" | "distillation" | "redundancy" | "clustering" | "masked"
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {list(OPTIMIZERS)}")
+
+    @property
+    def n_views(self) -> int:
+        return self.recipe.n_views

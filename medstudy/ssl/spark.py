@@ -1,0 +1,242 @@
+"""SparK: masked image modelling for convolutional networks (Tian et al. 2023, ICLR,
+"Designing BERT for Convolutional Networks: Sparse and Hierarchical Masked Modeling",
+arXiv:2301.03580; reference code github.com/keyu-tian/SparK). Written from the paper; no code
+is copied.
+
+1. **Mask.** The image is cut into patches whose side is the backbone's total downsampling (4 px
+   for ResNet-20: 28 px → a 7×7 grid); ``mask_ratio`` (60 %) of them are dropped per image.
+2. **Sparse encoding, dense equivalent.** SparK runs the CNN as a submanifold sparse CNN: only
+   visible positions exist. Densely, that is: zero the masked positions of the input, of every
+   convolution output and of every stage output, and let BatchNorm compute its statistics over
+   visible positions only (the paper's sparse BN). Then a masked pixel cannot reach any feature,
+   and the "holes" do not shift the normalisation statistics (the two failure modes of naive
+   dense masking the paper identifies). Implemented with temporary forward hooks, so any
+   backbone made of ``Conv2d``/``BatchNorm2d`` stages works unchanged.
+3. **Densify + decode.** At each resolution of the hierarchy the (sparse-BN-normalised) feature
+   map's empty positions are filled with a learned per-scale mask token and projected to the
+   decoder width; a light UNet decoder (transposed-conv upsampling + two 3×3 convs per level,
+   widths halving) adds them from the coarsest to the finest level and predicts pixels.
+4. **Loss.** MSE to per-patch-normalised pixels, on masked patches only.
+
+Deviation from the paper at 28 px: the full-resolution level (ResNet-20's stem and first stage
+keep 28 px) also gets a skip connection, because there the hierarchy starts at stride 1 rather
+than 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from medstudy.augment import SPARK as SPARK_RECIPE
+from medstudy.models import Backbone
+from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext
+
+PROBE_SIZE = 32  # input side used once, at build time, to read the stage strides and widths
+
+
+def _expand(active: torch.Tensor, size: int) -> torch.Tensor:
+    """A (N,1,g,g) patch mask at a feature map of side ``size`` (nearest upsampling)."""
+    g = active.shape[-1]
+    if size % g:
+        raise ValueError(f"feature map of {size} px is not a multiple of the {g}×{g} mask grid")
+    r = size // g
+    return active.repeat_interleave(r, 2).repeat_interleave(r, 3) if r > 1 else active
+
+
+def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the visible positions only (SparK's sparse BN); masked outputs are 0."""
+    mask = active.to(x.dtype)
+    if bn.training:
+        count = mask.sum() * 1.0
+        mean = (x * mask).sum(dim=(0, 2, 3)) / count
+        var = (((x - mean.view(1, -1, 1, 1)) * mask) ** 2).sum(dim=(0, 2, 3)) / count
+        with torch.no_grad():
+            momentum = 0.1 if bn.momentum is None else bn.momentum
+            unbiased = var * count / (count - 1).clamp(min=1)
+            bn.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            bn.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+            bn.num_batches_tracked.add_(1)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    return y * mask
+
+
+@contextlib.contextmanager
+def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
+    """Inside this block ``module`` behaves as a sparse CNN on the visible patches ``active``
+    (N,1,g,g): conv/pool outputs are zeroed at masked positions, BatchNorm uses visible
+    positions only. Restores the module on exit."""
+    handles = []
+    patched: list[nn.BatchNorm2d] = []
+
+    def zero_masked(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        return out * _expand(active, out.shape[-1]).to(out.dtype)
+
+    try:
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                handles.append(m.register_forward_hook(zero_masked))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.forward = (  # type: ignore[method-assign]
+                    lambda x, bn=m: _sparse_batch_norm(bn, x, _expand(active, x.shape[-1]))
+                )
+                patched.append(m)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in patched:
+            del m.forward  # back to the class's forward
+
+
+class _UpBlock(nn.Module):
+    """×2 upsampling (transposed conv) + two 3×3 convs, as SparK's ``UNetBlock``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cin, kernel_size=4, stride=2, padding=1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.up(x))
+
+
+class SparK(SSLMethod):
+    """Sparse masked modelling on ``backbone`` (see the module docstring)."""
+
+    def __init__(self, backbone: Backbone, mask_ratio: float = 0.6, decoder_width: int = 64):
+        super().__init__(backbone)
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        with torch.no_grad():
+            was_training = backbone.training
+            backbone.eval()
+            outs = backbone.forward_stages(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+            backbone.train(was_training)
+        strides = [PROBE_SIZE // o.shape[-1] for o in outs]
+        self.downsample = strides[-1]
+        if self.downsample & (self.downsample - 1):
+            raise ValueError(f"SparK needs a power-of-two total stride, got {self.downsample}")
+        # The deepest stage of every resolution feeds the decoder: {stride: stage index}.
+        self.level_stage = {s: i for i, s in enumerate(strides)}
+        n_up = int(math.log2(self.downsample))
+        level_strides = [self.downsample >> k for k in range(n_up + 1)]  # coarse → fine
+        widths = [max(decoder_width >> k, 8) for k in range(n_up + 1)]
+        self.level_strides = level_strides
+        self.mask_tokens = nn.ParameterList()
+        self.densify_norms = nn.ModuleList()
+        self.densify_projs = nn.ModuleList()
+        self.has_skip: list[bool] = []
+        for k, (stride, width) in enumerate(zip(level_strides, widths, strict=True)):
+            stage = self.level_stage.get(stride)
+            self.has_skip.append(stage is not None)
+            channels = int(outs[stage].shape[1]) if stage is not None else 1
+            token = nn.Parameter(torch.zeros(1, channels, 1, 1))
+            nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
+            self.mask_tokens.append(token)
+            self.densify_norms.append(nn.BatchNorm2d(channels))
+            kernel = 1 if k == 0 else 3  # SparK: 1×1 at the coarsest level, 3×3 elsewhere
+            self.densify_projs.append(nn.Conv2d(channels, width, kernel, padding=kernel // 2))
+        self.decoder = nn.ModuleList(_UpBlock(widths[k], widths[k + 1]) for k in range(n_up))
+        self.head = nn.Conv2d(widths[-1], 3, kernel_size=1)
+
+    # -------------------------------------------------------------------------- pieces --
+    def random_mask(
+        self, n: int, grid: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
+        """(N,1,g,g) bool, True = visible; exactly ``round(g²·(1-ratio))`` visible per image."""
+        keep = round(grid * grid * (1 - self.mask_ratio))
+        noise = torch.rand(n, grid * grid, generator=generator, device=generator.device)
+        idx = noise.argsort(dim=1)[:, :keep].to(device)
+        active = torch.zeros(n, grid * grid, dtype=torch.bool, device=device)
+        return active.scatter_(1, idx, True).view(n, 1, grid, grid)
+
+    def encode(self, x: torch.Tensor, active: torch.Tensor) -> list[torch.Tensor]:
+        """Sparse forward: stage outputs with masked positions zero (and unaffected by the
+        masked pixels, whatever they are)."""
+        h = x * _expand(active, x.shape[-1]).to(x.dtype)
+        outs = []
+        with sparse_mode(self.backbone, active):
+            for stage in self.backbone.stages:
+                h = stage(h)
+                h = h * _expand(active, h.shape[-1]).to(h.dtype)  # re-mask after every stage
+                outs.append(h)
+        return outs
+
+    def decode(self, feats: list[torch.Tensor], active: torch.Tensor) -> torch.Tensor:
+        """Densify each level (mask tokens at empty positions) and run the UNet decoder."""
+        x: torch.Tensor | None = None
+        for k, stride in enumerate(self.level_strides):
+            if self.has_skip[k]:
+                f = feats[self.level_stage[stride]]
+                act = _expand(active, f.shape[-1])
+                with sparse_mode(self.densify_norms[k], active):
+                    f = self.densify_norms[k](f)
+                f = torch.where(act, f, self.mask_tokens[k].to(f.dtype).expand_as(f))
+                f = self.densify_projs[k](f)
+                x = f if x is None else x + f
+            if x is None:
+                raise ValueError("the coarsest level of the backbone has no feature map")
+            if k < len(self.decoder):
+                x = self.decoder[k](x)
+        return self.head(x)  # type: ignore[arg-type]
+
+    def patchify(self, img: torch.Tensor) -> torch.Tensor:
+        """(N,C,H,W) → (N, L, p·p·C) with L = (H/p)², p = the backbone's total stride."""
+        n, c, h, w = img.shape
+        p = self.downsample
+        img = img.reshape(n, c, h // p, p, w // p, p)
+        return torch.einsum("nchpwq->nhwpqc", img).reshape(n, (h // p) * (w // p), p * p * c)
+
+    def reconstruction_loss(
+        self, pred: torch.Tensor, target: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over masked patches of the MSE to per-patch-normalised target pixels."""
+        tgt = self.patchify(target)
+        mean = tgt.mean(dim=-1, keepdim=True)
+        std = (tgt.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        tgt = (tgt - mean) / std
+        per_patch = ((self.patchify(pred) - tgt) ** 2).mean(dim=-1)  # (N, L)
+        masked = (~active).flatten(1).to(per_patch.dtype)
+        return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+
+    # ---------------------------------------------------------------------- the step --
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        x = views[0]
+        if x.shape[-1] % self.downsample or x.shape[-2] != x.shape[-1]:
+            raise ValueError(
+                f"SparK needs square inputs whose side is a multiple of the backbone stride "
+                f"{self.downsample}, got {tuple(x.shape[-2:])}"
+            )
+        active = self.random_mask(
+            x.shape[0], x.shape[-1] // self.downsample, ctx.generator, x.device
+        )
+        pred = self.decode(self.encode(x, active), active)
+        return self.reconstruction_loss(pred, x, active)
+
+
+SPEC = MethodSpec(
+    name="spark",
+    build=SparK,
+    recipe=SPARK_RECIPE,
+    default_lr=0.06,
+    optimizer="sgd",
+    reference="Tian et al. 2023, Designing BERT for Convolutional Networks: Sparse and "
+    "Hierarchical Masked Modeling, ICLR",
+    family="masked",
+)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Reproduce the study end to end: papermill executes notebooks 01..07 for one profile (skipping
+# finished, unchanged jobs), then paper/ is built from the results.
+#   ./run_all.sh [--profile smoke|quick|full] [--only 01,03] [--datasets a,b] [--dry-run]
+#                [--results DIR] [--force] [--launcher local|slurm]
+# Offline: MEDSTUDY_DATA_DIR=../shared/data ./run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/env.sh
+exec "$PY" -m medstudy.grid "$@"

@@ -1,0 +1,86 @@
+"""medstudy.grid: profile expansion, validation before work, skipping finished jobs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medstudy import grid, paths
+from medstudy.grid import GridError, expand, load_profile
+
+
+def test_every_profile_expands_and_validates():
+    for profile in grid.PROFILES:
+        spec = load_profile(profile)
+        jobs = expand(spec)
+        assert jobs, profile
+        order = [grid.NOTEBOOKS.index(j.notebook) for j in jobs]
+        assert order == sorted(order)  # dependency order
+        if profile != "full":  # full names timm:resnet50 (validated) and GPU devices
+            grid.validate_jobs(jobs)
+
+
+def test_smoke_expansion_shape():
+    spec = load_profile("smoke")
+    jobs = expand(spec)
+    n_ds = len(spec["datasets"])
+    n_arms = len(spec["notebooks"]["01_pretrain"]["arms"])
+    by_nb = {nb: [j for j in jobs if j.notebook == nb] for nb in grid.NOTEBOOKS}
+    assert len(by_nb["01_pretrain"]) == n_ds * n_arms
+    assert len(by_nb["02_transfer"]) == n_ds and len(by_nb["07_robustness_stats"]) == 1
+    j01 = by_nb["01_pretrain"][0]
+    assert j01.name == "01_pretrain__pneumoniamnist__scratch"
+    assert j01.params["epochs"] == spec["pretrain"]["epochs"]
+    j02 = by_nb["02_transfer"][0]
+    assert j02.params["pretrain_epochs"] == spec["pretrain"]["epochs"]
+    assert all(u.startswith("01_pretrain__pneumoniamnist__") for u in j02.upstream)
+    assert len(by_nb["07_robustness_stats"][0].upstream) == len(jobs) - 1
+
+
+def test_only_and_datasets_filters():
+    spec = load_profile("smoke")
+    jobs = expand(spec, only=["01", "07"], datasets=["retinamnist"])
+    assert {j.notebook for j in jobs} == {"01_pretrain", "07_robustness_stats"}
+    assert {j.dataset for j in jobs if j.dataset} == {"retinamnist"}
+    with pytest.raises(GridError, match=r"--only: unknown notebooks \['09'\]"):
+        expand(spec, only=["09"])
+
+
+def test_bad_profile_and_dataset_fail_before_work(capsys):
+    assert grid.main(["--profile", "huge"]) == 2
+    assert "unknown profile 'huge'; valid: ['full', 'quick', 'smoke']" in capsys.readouterr().err
+    assert grid.main(["--profile", "smoke", "--datasets", "mnist"]) == 2
+    assert "unknown dataset 'mnist'" in capsys.readouterr().err
+
+
+def test_pretrain_keys_must_stay_shared():
+    spec = load_profile("smoke")
+    spec["notebooks"]["01_pretrain"] = {"arms": ["scratch"], "epochs": 3}
+    with pytest.raises(GridError, match=r"\['epochs'\] belong in the profile's shared"):
+        expand(spec)
+
+
+def test_bad_job_parameter_is_named():
+    spec = load_profile("smoke")
+    spec["notebooks"]["02_transfer"] = {"arms": ["scratch"], "fractions": [2.0]}
+    with pytest.raises(GridError, match=r"02_transfer__pneumoniamnist: fractions must be in"):
+        grid.validate_jobs(expand(spec, only=["02"]))
+
+
+def test_dry_run_lists_jobs(capsys, results_tmp):
+    assert grid.main(["--profile", "smoke", "--dry-run", "--only", "07"]) == 0
+    out = capsys.readouterr().out
+    assert "07_robustness_stats__all  to run" in out
+
+
+def test_stamp_skips_only_unchanged_jobs(results_tmp):
+    job = expand(load_profile("smoke"), only=["02"], datasets=["synth_lesions"])[0]
+    root = paths.results_dir()
+    assert not grid.is_finished(job, root)
+    job.output(root).parent.mkdir(parents=True)
+    job.output(root).write_text("{}")
+    job.stamp(root).write_text(json.dumps({"hash": grid.job_hash(job, root)}))
+    assert grid.is_finished(job, root)
+    job.params["seeds"] = [0, 1, 2]  # a changed parameter invalidates the stamp
+    assert not grid.is_finished(job, root)

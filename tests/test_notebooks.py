@@ -1,0 +1,106 @@
+"""Notebooks: the DESIGN §3 rules, .py/.ipynb pairing, and the smoke profile end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import pandas as pd
+import pytest
+
+from medstudy import paths
+
+NB_DIR = paths.notebooks_dir()
+SCRIPTS = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def _cells(path: Path) -> list[dict]:
+    return jupytext.read(path)["cells"]
+
+
+def test_there_are_notebooks():
+    assert [p.stem[:2] for p in SCRIPTS][:3] == ["01", "02", "03"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_notebook_follows_the_rules(script):
+    cells = _cells(script)
+    assert cells[0]["cell_type"] == "markdown"
+    bullets = [ln for ln in cells[0]["source"].splitlines() if ln.startswith("- ")]
+    assert 3 <= len(bullets) <= 5, "first cell: 3-5 bullets on what it establishes and writes"
+    params = cells[1]
+    assert params["cell_type"] == "code" and "parameters" in params["metadata"].get("tags", [])
+    for line in params["source"].splitlines():
+        if not line.strip():
+            continue
+        target, _, rest = line.partition("=")
+        value, hash_, comment = rest.partition("  #")
+        assert target.strip().isidentifier(), line
+        ast.literal_eval(value.strip())  # typed literals only, nothing computed
+        assert hash_ and comment.strip(), f"parameter without a help comment: {line}"
+        # papermill infers parameters with a regex that an "=" in the comment breaks
+        assert "=" not in comment, f"no '=' in a parameter's comment (papermill): {line}"
+    assert "from_params(" in cells[2]["source"]
+    code = "\n".join(c["source"] for c in cells if c["cell_type"] == "code")
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)), "def"
+        assert not isinstance(node, (ast.For, ast.While)), "loops belong in medstudy/"
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
+            raise AssertionError("open() in a notebook")
+    assert not re.search(r"['\"](/|~/|\.\./)\w", code), "hard-coded path"
+    assert "!pip" not in code and "sys.path" not in code
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_ipynb_is_paired_stripped_and_has_a_kernel(script):
+    ipynb = script.with_suffix(".ipynb")
+    assert ipynb.exists(), f"run: jupytext --sync {script}"
+    nb = json.loads(ipynb.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"  # papermill needs it
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None
+    py_src = [c["source"] for c in _cells(script)]
+    nb_src = [c["source"] for c in jupytext.read(ipynb)["cells"]]
+    assert py_src == nb_src, f"{ipynb.name} and {script.name} differ: jupytext --sync"
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_smoke_profile_end_to_end_then_resumes(real_data_dir, tmp_path):
+    """The whole smoke profile through run_all's entry point; a second run skips every job."""
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "medstudy.grid",
+        "--profile",
+        "smoke",
+        "--results",
+        str(tmp_path / "results"),
+    ]
+    t0 = time.perf_counter()
+    first = subprocess.run(env_cmd, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    wall_first = time.perf_counter() - t0
+    results = tmp_path / "results"
+    assert (results / "claims.csv").exists()
+    claims = pd.read_csv(results / "claims.csv")
+    assert sorted(claims["claim"].unique()) == [f"C{i}" for i in range(1, 10)]
+    assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive", "not run"}
+    for run in (results / "pretrain").iterdir():
+        assert {"config.json", "manifest.json", "metrics.csv", "DONE"} <= {
+            p.name for p in run.iterdir()
+        }
+    t1 = time.perf_counter()
+    second = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert " 0 run, " in second.stdout, second.stdout[-2000:]
+    assert time.perf_counter() - t1 < wall_first
+    print(f"smoke profile: first run {wall_first:.0f} s")

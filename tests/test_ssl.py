@@ -1,0 +1,343 @@
+"""SSL methods (one test per registry key), SparK's masking contract and the pretraining loop:
+determinism, exact kill-and-resume, curriculum resumption, caching and clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import matplotlib
+import pandas as pd
+import pytest
+import torch
+
+from medstudy.augment import make_views
+from medstudy.config import ConfigError, PretrainConfig
+from medstudy.models import WeightsError, create_backbone, load_checkpoint
+from medstudy.ssl import METHODS, get_method
+from medstudy.ssl import loop as ssl_loop
+from medstudy.ssl.base import StepContext
+from medstudy.ssl.mocov2 import MoCoV2
+from medstudy.ssl.spark import SparK, sparse_mode
+
+matplotlib.use("Agg")
+
+# Small, always-available data: synth_lesions is generated (seeded), no file needed.
+TINY: dict[str, Any] = dict(dataset="synth_lesions", max_train=64, epochs=2, batch_size=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # On a shared 2-core machine, two intra-op threads slow these small convolutions down
+    # 10-20x whenever another process holds a core; one thread keeps the file at ~1 min.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _ctx(step: int = 0, max_steps: int = 30, seed: int = 0) -> StepContext:
+    return StepContext(step, max_steps, 0, 1, torch.Generator().manual_seed(seed))
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def _train(method: torch.nn.Module, views: list[torch.Tensor], steps: int) -> list[float]:
+    opt = torch.optim.SGD(
+        [p for p in method.parameters() if p.requires_grad], lr=0.06, momentum=0.9
+    )
+    losses = []
+    for step in range(steps):
+        ctx = _ctx(step, steps)
+        loss = method.training_step(views, ctx)
+        opt.zero_grad()
+        loss.backward()
+        method.on_after_backward(ctx)
+        opt.step()
+        method.on_step_end(ctx)
+        losses.append(loss.detach().item())
+    return losses
+
+
+# ------------------------------------------------------------------------------ registry ----
+def test_registry_covers_the_design_methods() -> None:
+    assert set(METHODS) == {"simclr", "mocov2", "byol", "barlowtwins", "swav", "dino", "spark"}
+    for name, spec in METHODS.items():
+        assert spec.name == name and spec.reference and spec.recipe.n_views >= 1
+
+
+def test_unknown_method_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown SSL method 'mae'.*'simclr'.*'spark'"):
+        get_method("mae")
+    with pytest.raises(ConfigError, match="valid"):
+        PretrainConfig(arm="ssl:mae")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_builds_and_steps(name: str) -> None:
+    spec = METHODS[name]
+    method = spec.build(create_backbone("resnet20_cifar", seed=0))
+    views = make_views(_images(4, 28), spec.recipe, torch.Generator().manual_seed(0))
+    losses = _train(method, views, steps=2)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
+
+
+# Per-method test settings: MoCo's queue must be small enough to fill with real keys within the
+# 30 steps (its loss first *rises* while random initial queue entries are replaced).
+LOSS_FALL_BUILD = {"mocov2": lambda b: MoCoV2(b, queue_size=128)}
+LOSS_FALL_SKIP = {"mocov2": 2}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_loss_falls_on_a_fixed_batch(name: str) -> None:
+    spec = METHODS[name]
+    backbone = create_backbone("resnet20_cifar", seed=0)
+    method = LOSS_FALL_BUILD.get(name, spec.build)(backbone)
+    # 64 images at 16 px (a quarter of the 28 px cost) and one fixed set of views.
+    views = make_views(_images(64, 16), spec.recipe, torch.Generator().manual_seed(0))
+    losses = _train(method, views, steps=30)[LOSS_FALL_SKIP.get(name, 0) :]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.02 * abs(first), f"{name}: {losses}"
+
+
+# --------------------------------------------------------------------------------- SparK ----
+@pytest.fixture
+def spark() -> SparK:
+    method = get_method("spark").build(create_backbone("resnet20_cifar", seed=0))
+    assert isinstance(method, SparK)
+    return method
+
+
+def _masked_pixels(active: torch.Tensor, p: int) -> torch.Tensor:
+    return ~active.repeat_interleave(p, 2).repeat_interleave(p, 3)
+
+
+def test_spark_mask_grid_and_ratio(spark: SparK) -> None:
+    assert spark.downsample == 4  # ResNet-20: 28 px → 7×7 patches of 4 px
+    active = spark.random_mask(8, 7, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert active.shape == (8, 1, 7, 7)
+    assert (active.flatten(1).sum(1) == round(49 * 0.4)).all()
+
+
+def test_spark_encoder_ignores_masked_pixels(spark: SparK) -> None:
+    x = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    active = spark.random_mask(4, 7, torch.Generator().manual_seed(1), torch.device("cpu"))
+    hidden = _masked_pixels(active, 4).expand_as(x)
+    x_changed = torch.where(hidden, torch.randn_like(x) * 5, x)
+    spark.train()  # batch statistics: the strictest case (BN must skip masked positions)
+    out = spark.encode(x, active)
+    out_changed = spark.encode(x_changed, active)
+    assert all(torch.equal(a, b) for a, b in zip(out, out_changed, strict=True))
+    # Masked positions stay empty at every stage, and visible pixels do matter.
+    for f in out:
+        gone = _masked_pixels(active, f.shape[-1] // 7).expand_as(f)
+        assert f[gone].abs().max() == 0
+    x_visible = torch.where(hidden, x, x + 1.0)
+    assert not torch.equal(spark.encode(x_visible, active)[-1], out[-1])
+
+
+def test_spark_sparse_mode_restores_the_backbone(spark: SparK) -> None:
+    x = torch.randn(2, 3, 28, 28)
+    active = spark.random_mask(2, 7, torch.Generator().manual_seed(0), torch.device("cpu"))
+    spark.eval()
+    dense = spark.backbone(x)
+    with sparse_mode(spark.backbone, active):
+        pass
+    assert torch.equal(spark.backbone(x), dense)
+    assert all("forward" not in vars(m) for m in spark.backbone.modules())
+
+
+def test_spark_loss_ignores_visible_patches(spark: SparK) -> None:
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 3, 28, 28, generator=g), torch.randn(4, 3, 28, 28, generator=g)
+    active = spark.random_mask(4, 7, torch.Generator().manual_seed(1), torch.device("cpu"))
+    visible = ~_masked_pixels(active, 4).expand_as(target)
+    loss = spark.reconstruction_loss(pred, target, active)
+    changed_visible = torch.where(visible, torch.randn_like(target), target)
+    assert torch.equal(spark.reconstruction_loss(pred, changed_visible, active), loss)
+    changed_masked = torch.where(visible, target, torch.randn_like(target))
+    assert not torch.equal(spark.reconstruction_loss(pred, changed_masked, active), loss)
+    # Hand check: a perfect per-patch-normalised prediction has zero loss.
+    tgt = spark.patchify(target)
+    norm = (tgt - tgt.mean(-1, keepdim=True)) / (tgt.var(-1, keepdim=True) + 1e-6).sqrt()
+    perfect = norm.reshape(4, 7, 7, 4, 4, 3).permute(0, 5, 1, 3, 2, 4).reshape(4, 3, 28, 28)
+    assert spark.reconstruction_loss(perfect, target, active) < 1e-10
+
+
+# ---------------------------------------------------------------------------- the loop ------
+class _Kill(L.Callback):
+    """Raise after the n-th epoch end of the run (after the loop's own checkpoint)."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen += 1
+        if self.seen == self.after:
+            raise RuntimeError("simulated kill")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _in(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSTUDY_RESULTS_DIR", str(root))
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_loss_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = PretrainConfig(arm="ssl:simclr", **TINY)
+    _in(tmp_path / "a", monkeypatch)
+    a = ssl_loop.pretrain(cfg, progress=False)
+    _in(tmp_path / "b", monkeypatch)
+    b = ssl_loop.pretrain(cfg, progress=False)
+    assert not a.cached and not b.cached
+    assert a.history["loss"].tolist()[1:] == b.history["loss"].tolist()[1:]
+    assert a.history["knn_acc"].tolist() == b.history["knn_acc"].tolist()
+    assert _same_weights(a.checkpoint, b.checkpoint)
+    _in(tmp_path / "c", monkeypatch)
+    c = ssl_loop.pretrain(PretrainConfig(arm="ssl:simclr", **{**TINY, "seed": 1}), progress=False)
+    assert c.history["loss"].tolist()[1:] != a.history["loss"].tolist()[1:]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_with_identical_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MoCo v2: its memory queue (a non-persistent buffer) must survive the resume too.
+    cfg = PretrainConfig(arm="ssl:mocov2", **TINY)
+    _in(tmp_path / "straight", monkeypatch)
+    straight = ssl_loop.pretrain(cfg, progress=False)
+    _in(tmp_path / "resumed", monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        ssl_loop.pretrain(cfg, progress=False, callbacks=[_Kill(after=1)])
+    run_dir = tmp_path / "resumed" / "pretrain" / straight.run_id
+    assert not (run_dir / "DONE").exists()
+    assert (run_dir / "lightning" / "stage0_mocov2" / "last.ckpt").exists()
+    resumed = ssl_loop.pretrain(cfg, progress=False)
+    assert _same_weights(straight.checkpoint, resumed.checkpoint)
+    assert resumed.history["loss"].tolist()[1:] == straight.history["loss"].tolist()[1:]
+    assert resumed.history["epoch"].tolist() == [0, 1, 2]
+    assert not (run_dir / "lightning").exists()  # resume points are removed once DONE
+
+
+@pytest.mark.slow
+def test_curriculum_resumes_at_its_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = PretrainConfig(arm="curriculum", curriculum=("simclr:1", "spark:1"), **TINY)
+    _in(tmp_path / "straight", monkeypatch)
+    straight = ssl_loop.pretrain(cfg, progress=False)
+    assert straight.history["method"].tolist() == ["init", "simclr", "spark"]
+
+    _in(tmp_path / "resumed", monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        ssl_loop.pretrain(cfg, progress=False, callbacks=[_Kill(after=2)])  # in the spark stage
+    run_dir = tmp_path / "resumed" / "pretrain" / straight.run_id
+    assert (run_dir / "stage0_simclr.pt").exists() and not (run_dir / "stage1_spark.pt").exists()
+
+    fitted: list[str] = []
+    real_fit = ssl_loop._fit_stage
+
+    def spy(backbone: Any, stage: Any, *args: Any, **kwargs: Any) -> Any:
+        fitted.append(stage.method)
+        return real_fit(backbone, stage, *args, **kwargs)
+
+    monkeypatch.setattr(ssl_loop, "_fit_stage", spy)
+    resumed = ssl_loop.pretrain(cfg, progress=False)
+    assert fitted == ["spark"]  # the finished simclr stage is loaded, not retrained
+    assert _same_weights(straight.checkpoint, resumed.checkpoint)
+    assert resumed.history["method"].tolist() == ["init", "simclr", "spark"]
+
+
+@pytest.mark.slow
+def test_cached_result_metrics_and_load_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _in(tmp_path, monkeypatch)
+    cfg = PretrainConfig(arm="ssl:spark", **{**TINY, "epochs": 1})
+    with pytest.raises(WeightsError, match=r"no finished pretrain run for synth_lesions/ssl:spark"):
+        ssl_loop.load_encoder(cfg)
+    first = ssl_loop.pretrain(cfg, progress=False)
+    again = ssl_loop.pretrain(cfg, progress=False)
+    assert again.cached and again.metrics == pytest.approx(first.metrics)
+    assert set(first.metrics) == {"knn_acc", "loss"}
+    metrics = pd.read_csv(first.run_dir / "metrics.csv")
+    rows = {(r.protocol, r.split, r.metric) for r in metrics.itertuples()}
+    assert rows == {("knn_monitor", "val", "knn_acc"), ("pretrain", "train", "loss")}
+    history = pd.read_csv(first.run_dir / "history.csv")
+    assert list(history.columns) == list(ssl_loop.HISTORY_COLUMNS)
+    encoder = ssl_loop.load_encoder(cfg)
+    reference = create_backbone("resnet20_cifar")
+    load_checkpoint(reference, first.checkpoint)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(encoder.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.slow
+def test_scratch_arm_saves_its_seeded_init_and_its_knn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _in(tmp_path, monkeypatch)
+    cfg = PretrainConfig(arm="scratch", **TINY)
+    result = ssl_loop.pretrain(cfg, progress=False)
+    assert result.history["method"].tolist() == ["init"] and set(result.metrics) == {"knn_acc"}
+    init = create_backbone("resnet20_cifar", seed=cfg.seed)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            _weights(result.checkpoint).values(), init.state_dict().values(), strict=True
+        )
+    )
+    loaded = ssl_loop.load_encoder(cfg)  # needs no run
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), init.state_dict().values(), strict=True)
+    )
+
+
+def test_natural_ssl_and_missing_gpu_fail_clearly() -> None:
+    cfg = PretrainConfig(arm="natural_ssl", backbone="timm:resnet50", dataset="synth_lesions")
+    with pytest.raises(NotImplementedError, match="dino_resnet50"):
+        ssl_loop.pretrain(cfg, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            ssl_loop.pretrain(PretrainConfig(arm="scratch", device="cuda", **TINY))
+
+
+def test_seeds_are_stable_and_distinct() -> None:
+    assert ssl_loop.derive_seed(0, "augment", 0, 1) == ssl_loop.derive_seed(0, "augment", 0, 1)
+    assert ssl_loop.derive_seed(0, "augment", 0, 1) != ssl_loop.derive_seed(0, "augment", 0, 2)
+    state = torch.random.get_rng_state()
+    with ssl_loop.seeded(3):
+        torch.rand(3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_plots_return_figures() -> None:
+    from matplotlib.figure import Figure
+
+    fig = ssl_loop.plot_views("synth_lesions", "dino", n=3)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3 * (1 + METHODS["dino"].n_views)
+    history = pd.DataFrame(
+        [
+            dict(stage=-1, method="init", epoch=0, loss=float("nan"), knn_acc=0.5),
+            dict(stage=0, method="simclr", epoch=1, loss=4.0, knn_acc=0.6),
+            dict(stage=1, method="spark", epoch=2, loss=0.9, knn_acc=0.62),
+        ]
+    )
+    assert isinstance(ssl_loop.plot_history(history), Figure)
