@@ -1041,7 +1041,10 @@ def _evaluate_fusion(claim: Claim, res: _Results, cfg: ClaimsConfig) -> list[Row
 
 
 def _fusion_inputs(res: _Results, claim: Claim, run_id: str) -> list[str]:
-    return list(res.config(claim.stage, run_id).get("fusion_arms", []) or [])
+    """The arms a fusion run fused: its ``encoders`` (arm → weights fingerprint, as written by
+    ``medstudy.evaluate.transfer``) or an explicit ``fusion_arms`` list."""
+    config = res.config(claim.stage, run_id)
+    return list(config.get("fusion_arms") or config.get("encoders") or [])
 
 
 def _best_on_val(

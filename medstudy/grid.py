@@ -123,6 +123,12 @@ def expand(
             jobs.append(job)
             continue
         arms = nb_spec.pop("arms", []) if nb in PER_ARM else []
+        # A notebook may run on a subset of the profile's datasets (e.g. a pneumonia-only arm).
+        only_ds = nb_spec.pop("datasets", None)
+        if only_ds is not None:
+            unknown_ds = sorted(set(only_ds) - set(spec["datasets"]))
+            if unknown_ds:
+                raise GridError(f"{nb}: datasets {unknown_ds} are not in the profile's datasets")
         clash = sorted(set(nb_spec) & set(PRETRAIN_KEYS)) if nb in PER_ARM else []
         if clash:
             raise GridError(
@@ -130,6 +136,8 @@ def expand(
                 "notebooks find the checkpoints 01 wrote"
             )
         for ds in chosen:
+            if only_ds is not None and ds not in only_ds:
+                continue
             upstream = list(by_dataset.get(ds, []))
             if nb in PER_ARM:
                 for arm in arms:

@@ -33,6 +33,7 @@ max_train = 512  # cap on train images, stratified and seeded; 0 means all
 curriculum = ["simclr:1", "spark:1"]  # method:epochs stages, used by the curriculum arm
 seed = 0  # seeds init, sampling, augmentation and batch order
 device = "cpu"  # cpu | cuda | auto (never changed silently)
+views_method = "simclr"  # the SSL recipe whose augmented views are shown (display only)
 
 # %%
 from medstudy.config import PretrainConfig
@@ -58,14 +59,14 @@ cfg
 # (or the declaration in `checksums.json`) and records its provenance in the run manifest.
 
 # %%
-from medstudy.data import load_split, summarize_dataset
+from medstudy.data import summarize_dataset
 
 summarize_dataset(cfg.dataset, cfg.image_size)
 
 # %%
 from medstudy.data import plot_dataset_examples
 
-plot_dataset_examples(cfg.dataset, cfg.image_size, n=8, seed=cfg.seed);
+examples = plot_dataset_examples(cfg.dataset, cfg.image_size, n=8, seed=cfg.seed)
 
 # %% [markdown]
 # ## Augmented views
@@ -76,7 +77,7 @@ plot_dataset_examples(cfg.dataset, cfg.image_size, n=8, seed=cfg.seed);
 # %%
 from medstudy.ssl import plot_views
 
-plot_views(cfg.dataset, "simclr", n=6, seed=cfg.seed);
+views = plot_views(cfg.dataset, views_method, n=6, seed=cfg.seed)
 
 # %% [markdown]
 # ## Pretraining
@@ -93,7 +94,7 @@ result.metrics
 # %%
 from medstudy.ssl import plot_history
 
-plot_history(result.history);
+curves = plot_history(result.history)
 
 # %% [markdown]
 # ## Outputs

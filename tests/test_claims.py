@@ -264,8 +264,15 @@ def test_c6_relative_drop(results_tmp: Path) -> None:
     assert (rows.loc[rows["comparison"] != r["comparison"], "verdict"] == "not run").all()
 
 
-def test_c8_best_single_probe_is_chosen_on_val(results_tmp: Path) -> None:
-    inputs = {"fusion_arms": ["natural_sup", "ssl:simclr"]}
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"fusion_arms": ["natural_sup", "ssl:simclr"]},
+        # what medstudy.evaluate.transfer writes: arm -> weights fingerprint
+        {"encoders": {"natural_sup": "f0", "ssl:simclr": "f1"}},
+    ],
+)
+def test_c8_best_single_probe_is_chosen_on_val(results_tmp: Path, inputs: dict) -> None:
     add_runs(results_tmp, "transfer", PNEU, {"fusion": 2.0}, "dvme_encoders", config=inputs)
     add_runs(results_tmp, "transfer", PNEU, {"fusion": 2.0}, "dvme_concat", config=inputs)
     add_runs(

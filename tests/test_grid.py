@@ -28,9 +28,10 @@ def test_smoke_expansion_shape():
     n_arms = len(spec["notebooks"]["01_pretrain"]["arms"])
     by_nb = {nb: [j for j in jobs if j.notebook == nb] for nb in grid.NOTEBOOKS}
     assert len(by_nb["01_pretrain"]) == n_ds * n_arms
-    assert len(by_nb["02_transfer"]) == n_ds and len(by_nb["07_robustness_stats"]) == 1
+    n_02 = len(spec["notebooks"]["02_transfer"]["datasets"])  # a notebook's own dataset subset
+    assert len(by_nb["02_transfer"]) == n_02 < n_ds and len(by_nb["07_robustness_stats"]) == 1
     j01 = by_nb["01_pretrain"][0]
-    assert j01.name == "01_pretrain__pneumoniamnist__scratch"
+    assert j01.name == "01_pretrain__pneumoniamnist__ssl-simclr"
     assert j01.params["epochs"] == spec["pretrain"]["epochs"]
     j02 = by_nb["02_transfer"][0]
     assert j02.params["pretrain_epochs"] == spec["pretrain"]["epochs"]
@@ -54,6 +55,13 @@ def test_bad_profile_and_dataset_fail_before_work(capsys):
     assert "unknown dataset 'mnist'" in capsys.readouterr().err
 
 
+def test_notebook_dataset_subset_must_be_in_the_profile():
+    spec = load_profile("smoke")
+    spec["notebooks"]["02_transfer"]["datasets"] = ["dermamnist"]
+    with pytest.raises(GridError, match=r"02_transfer: datasets \['dermamnist'\] are not in"):
+        expand(spec)
+
+
 def test_pretrain_keys_must_stay_shared():
     spec = load_profile("smoke")
     spec["notebooks"]["01_pretrain"] = {"arms": ["scratch"], "epochs": 3}
@@ -75,7 +83,7 @@ def test_dry_run_lists_jobs(capsys, results_tmp):
 
 
 def test_stamp_skips_only_unchanged_jobs(results_tmp):
-    job = expand(load_profile("smoke"), only=["02"], datasets=["synth_lesions"])[0]
+    job = expand(load_profile("smoke"), only=["02"], datasets=["retinamnist"])[0]
     root = paths.results_dir()
     assert not grid.is_finished(job, root)
     job.output(root).parent.mkdir(parents=True)

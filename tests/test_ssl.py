@@ -20,7 +20,7 @@ from medstudy.ssl import METHODS, get_method
 from medstudy.ssl import loop as ssl_loop
 from medstudy.ssl.base import StepContext
 from medstudy.ssl.mocov2 import MoCoV2
-from medstudy.ssl.spark import SparK, sparse_mode
+from medstudy.ssl.spark import SparK, _sparse_batch_norm, sparse_mode
 
 matplotlib.use("Agg")
 
@@ -140,6 +140,31 @@ def test_spark_encoder_ignores_masked_pixels(spark: SparK) -> None:
         assert f[gone].abs().max() == 0
     x_visible = torch.where(hidden, x, x + 1.0)
     assert not torch.equal(spark.encode(x_visible, active)[-1], out[-1])
+
+
+def test_sparse_batch_norm_equals_batch_norm_of_the_visible_positions() -> None:
+    # Reference: SparK's own formulation, BatchNorm1d over the gathered visible positions.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 14, 14, generator=g) * 3 + 1
+    active = torch.rand(4, 1, 7, 7, generator=g) < 0.4
+    mask = active.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    ours, ref = torch.nn.BatchNorm2d(8), torch.nn.BatchNorm1d(8)
+    with torch.no_grad():
+        for bn in (ours, ref):
+            bn.weight.copy_(torch.linspace(0.5, 2, 8))
+            bn.bias.copy_(torch.linspace(-1, 1, 8))
+    out = _sparse_batch_norm(ours, x, mask.float())
+    visible = mask.expand_as(x).permute(0, 2, 3, 1)
+    expected = torch.zeros_like(x.permute(0, 2, 3, 1))
+    expected[visible[..., 0]] = ref(x.permute(0, 2, 3, 1)[visible[..., 0]])
+    torch.testing.assert_close(out, expected.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval()
+    ref.eval()
+    out = _sparse_batch_norm(ours, x, mask.float())
+    expected[visible[..., 0]] = ref(x.permute(0, 2, 3, 1)[visible[..., 0]])
+    torch.testing.assert_close(out, expected.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_spark_sparse_mode_restores_the_backbone(spark: SparK) -> None:

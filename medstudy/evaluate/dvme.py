@@ -1,5 +1,5 @@
 """DVME: Dynamic Visual Meta-Embedding (Truong et al. 2021, ML4H, "How transferable are
-self-supervised features in medical image classification tasks?", §3.3).
+self-supervised features in medical image classification tasks?", PMLR 158).
 
 DVME fuses frozen embeddings of several pretrained encoders. Each embedding gets its own linear
 projection to a common width ``d``; self-attention (a ViT-style block) then mixes the projected
@@ -9,14 +9,16 @@ features (the encoders stay frozen). Token layouts:
 - ``tokens="encoders"``: one token per encoder (E tokens of width d): attention weighs whole
   embeddings against each other, the reading of the paper's figure;
 - ``tokens="dims"``: one token per dimension of the concatenated projections (E·d tokens),
-  the layout of the authors' published code. A scalar token is lifted to a small width
+  the layout attributed to the authors' released code (not re-checked against it here: the
+  code was not reachable offline). A scalar token is lifted to a small width
   ``token_dim`` by a shared linear map plus a learned position embedding (so attention can
   tell the dimensions apart), and mapped back to a scalar after attention;
 - ``tokens="concat"``: the ablation without attention: concatenated projections → MLP.
 
 Deviations from the paper, for 64-d ResNet-20 features at 28 px on a CPU: projection width
-``d = 64`` (paper: 512) and MLP width 128; the optimiser is AdamW with early stopping on the
-val primary metric, via the study's one supervised loop (:func:`fit_supervised`).
+``d = 64`` (paper: 512), MLP width 128, scalar tokens lifted to ``token_dim = 8``, no dropout on
+the attention weights; the optimiser is AdamW with early stopping on the val primary metric,
+via the study's one supervised loop (:func:`fit_supervised`).
 
 Data contract: ``features`` is a sequence of E float arrays (N, D_e) for the same N samples in
 the same order (one per encoder); labels/scores as in :mod:`medstudy.evaluate.linear`.

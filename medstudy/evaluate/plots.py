@@ -96,6 +96,14 @@ def _select(metrics: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
     return df
 
 
+def _only(df: pd.DataFrame, column: str) -> str:
+    """The single value of ``column`` (a figure shows one dataset of one stage)."""
+    values = sorted(df[column].unique())
+    if len(values) != 1:
+        raise ValueError(f"expected metrics of one {column}, got {values}; filter them first")
+    return str(values[0])
+
+
 def _protocol_key(p: str) -> tuple[int, str]:
     return (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else len(PROTOCOL_ORDER), p)
 
@@ -135,6 +143,7 @@ def transfer_table(
     ``fraction=None`` takes the largest fraction present. Columns: ``<metric>`` (mean) and
     ``<metric>_sd``, plus ``n_seeds``.
     """
+    _only(metrics, "dataset")
     frac = float(metrics["fraction"].max()) if fraction is None else float(fraction)
     df = metrics[(metrics["split"] == split) & np.isclose(metrics["fraction"], frac)]
     if metrics_shown is not None:
@@ -166,8 +175,7 @@ def plot_transfer(
     frac = float(metrics["fraction"].max()) if fraction is None else float(fraction)
     df = _select(metrics, metric, split)
     df = df[np.isclose(df["fraction"], frac)]
-    (stage,) = df["stage"].unique()
-    (dataset,) = df["dataset"].unique()
+    stage, dataset = _only(df, "stage"), _only(df, "dataset")
     fn = metric_function(dataset_info(dataset), metric)
     protocols = sorted(df["protocol"].unique(), key=_protocol_key)
     arms = _arm_order(df["arm"])
@@ -254,15 +262,20 @@ def plot_label_efficiency(metrics: pd.DataFrame, metric: str, split: str = "test
                 np.where(ok, c["mean"] - c["ci_low"], 0.0),
                 np.where(ok, c["ci_high"] - c["mean"], 0.0),
             ]
-            ax.errorbar(
-                c["fraction"], c["mean"], yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=arm
-            )
+            # A small multiplicative dodge keeps the arms' error bars apart on the log axis.
+            x = c["fraction"] * 10 ** (0.025 * (i - (len(arms) - 1) / 2))
+            ax.errorbar(x, c["mean"], yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=arm)
         ax.set_xscale("log")
         ax.set_xlabel("label fraction")
         ax.set_title(protocol)
+    # Axis range from the means: with 2-3 seeds a t-interval can span far beyond the metric's
+    # range (t_{0.975,1} = 12.7) and would flatten every curve.
+    lo, hi = float(curves["mean"].min()), float(curves["mean"].max())
+    pad = max(0.05, 0.15 * (hi - lo))
+    axes[0].set_ylim(lo - pad, hi + pad)
     axes[0].set_ylabel(f"{split} {metric}")
     axes[-1].legend(fontsize=8)
-    (dataset,) = df["dataset"].unique()
+    dataset = _only(df, "dataset")
     fig.suptitle(f"{dataset}: label efficiency (mean ± 95 % t-CI over seeds)")
     fig.tight_layout()
     return fig
@@ -274,6 +287,7 @@ def label_efficiency_table(metrics: pd.DataFrame, metric: str, split: str = "tes
     t-CI over the per-seed areas) and the slope per decade of labels
     (``stats.label_efficiency_slope``). Fewer than two fractions → area and slope are NaN."""
     df = _select(metrics, metric, split)
+    _only(df, "dataset")
     curves = _seed_curves(df)
     rows = []
     for (protocol, arm), c in curves.groupby(["protocol", "arm"]):

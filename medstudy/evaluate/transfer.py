@@ -39,6 +39,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,109 +319,123 @@ def _knn_scores(
     return knn_predict(train_f, labels, query_f, info.n_classes, KNN_K, KNN_TEMPERATURE)
 
 
-def _evaluate_unit(
-    unit: Unit,
-    run: Run,
-    bank: EncoderBank,
-    data: TransferData,
-    train_idx: np.ndarray,
-    device: torch.device,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Fit the unit's protocol on the train subset; return val/test scores and details."""
-    info = data.info
-    train = data.splits["train"]
-    y_train = train.labels[train_idx]
-    details: dict[str, Any] = {}
-    scores: dict[str, np.ndarray] = {}
-    if unit.protocol == "linear":
-        probe = fit_linear_probe(
-            bank.features(unit.arm, unit.seed, "train")[train_idx],
-            y_train,
-            bank.features(unit.arm, unit.seed, "val"),
-            data.splits["val"].labels,
-            info,
+@dataclass
+class UnitContext:
+    """Everything a protocol needs to evaluate one unit."""
+
+    unit: Unit
+    run: Run
+    bank: EncoderBank
+    data: TransferData
+    train_idx: np.ndarray
+    device: torch.device
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return self.data.splits["train"].labels[self.train_idx]
+
+    def features(self, split: str, arm: str | None = None) -> np.ndarray:
+        """Frozen features of ``split`` (train: the unit's subset) by ``arm`` (default: its own)."""
+        feats = self.bank.features(arm or self.unit.arm, self.unit.seed, split)
+        return feats[self.train_idx] if split == "train" else feats
+
+
+Scores = dict[str, np.ndarray]
+Protocol = Callable[[UnitContext], tuple[Scores, dict[str, Any]]]
+
+
+def _linear(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
+    val_y = ctx.data.splits["val"].labels
+    probe = fit_linear_probe(
+        ctx.features("train"), ctx.y_train, ctx.features("val"), val_y, ctx.data.info
+    )
+    state = probe.state()
+    atomic_write(ctx.run.path("probe.npz"), lambda tmp: _savez(tmp, state))
+    details = {"l2": probe.l2, "val_by_l2": {str(k): v for k, v in probe.val_by_l2.items()}}
+    return {s: probe.predict_scores(ctx.features(s)) for s in EVAL_SPLITS}, details
+
+
+def _knn(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
+    train_f = ctx.features("train")
+    info = ctx.data.info
+    return {s: _knn_scores(train_f, ctx.y_train, ctx.features(s), info) for s in EVAL_SPLITS}, {}
+
+
+def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
+    unit, info, device = ctx.unit, ctx.data.info, ctx.device
+    backbone = copy.deepcopy(ctx.bank.encoder(unit.arm, unit.seed).backbone)
+    tensors = {s: TensorSplit.from_split(ctx.data.splits[s], device) for s in EVAL_SPLITS}
+    train = TensorSplit.from_split(ctx.data.splits["train"].subset(ctx.train_idx), device)
+    settings = TrainSettings(**unit.params)
+    fit = finetune(backbone, train, tensors["val"], info, settings, unit.seed, device)
+    atomic_write(ctx.run.path("history.csv"), lambda tmp: fit.history.to_csv(tmp, index=False))
+    save_checkpoint(
+        fit.model.backbone,
+        ctx.run.path("finetuned.pt"),
+        head_state=fit.model.head.state_dict(),
+        arm=unit.arm,
+        dataset=info.name,
+        best_epoch=fit.best_epoch,
+    )
+    details = {
+        "best_epoch": fit.best_epoch,
+        "best_val": fit.best_value,
+        "selection_metric": fit.metric,
+        "epochs_run": fit.epochs_run,
+        "fit_seconds": round(fit.wall_time_s, 3),
+    }
+    return {s: predict_split(fit.model, tensors[s], info) for s in EVAL_SPLITS}, details
+
+
+def _dvme(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
+    unit = ctx.unit
+    feats = {s: [ctx.features(s, a) for a in unit.arms] for s in ("train", *EVAL_SPLITS)}
+    settings = TrainSettings(**{k: v for k, v in unit.params.items() if k != "tokens"})
+    probe = train_dvme(
+        feats["train"],
+        ctx.y_train,
+        feats["val"],
+        ctx.data.splits["val"].labels,
+        ctx.data.info,
+        unit.params["tokens"],
+        unit.seed,
+        settings,
+        ctx.device,
+    )
+    payload = {
+        "state_dict": probe.model.state_dict(),
+        "means": probe.means,
+        "scales": probe.scales,
+        "arms": list(unit.arms),
+        "tokens": unit.params["tokens"],
+    }
+    atomic_write(ctx.run.path("dvme.pt"), lambda tmp: torch.save(payload, tmp))
+    details = {
+        "best_epoch": probe.fit.best_epoch,
+        "best_val": probe.fit.best_value,
+        "epochs_run": probe.fit.epochs_run,
+        "fused_arms": list(unit.arms),
+    }
+    return {s: probe.predict_scores(feats[s]) for s in EVAL_SPLITS}, details
+
+
+#: Protocol registry: unit protocol (``dvme_<mode>`` → ``dvme``) → its evaluation.
+PROTOCOL_RUNNERS: dict[str, Protocol] = {
+    "linear": _linear,
+    "knn": _knn,
+    "finetune": _finetune,
+    "dvme": _dvme,
+}
+
+
+def _evaluate_unit(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
+    """Fit the unit's protocol on its train subset; return val/test scores and details."""
+    key = ctx.unit.protocol.split("_")[0]
+    if key not in PROTOCOL_RUNNERS:
+        raise ValueError(
+            f"unknown protocol {ctx.unit.protocol!r}; valid: {sorted(PROTOCOL_RUNNERS)}"
         )
-        for s in EVAL_SPLITS:
-            scores[s] = probe.predict_scores(bank.features(unit.arm, unit.seed, s))
-        details["l2"] = probe.l2
-        details["val_by_l2"] = {str(k): v for k, v in probe.val_by_l2.items()}
-        state = probe.state()
-        atomic_write(run.path("probe.npz"), lambda tmp: _savez(tmp, state))
-    elif unit.protocol == "knn":
-        for s in EVAL_SPLITS:
-            scores[s] = _knn_scores(
-                bank.features(unit.arm, unit.seed, "train")[train_idx],
-                y_train,
-                bank.features(unit.arm, unit.seed, s),
-                info,
-            )
-    elif unit.protocol == "finetune":
-        backbone = copy.deepcopy(bank.encoder(unit.arm, unit.seed).backbone)
-        tensors = {s: TensorSplit.from_split(data.splits[s], device) for s in EVAL_SPLITS}
-        train_t = TensorSplit.from_split(train.subset(train_idx), device)
-        fit = finetune(
-            backbone, train_t, tensors["val"], info, TrainSettings(**unit.params), unit.seed, device
-        )
-        for s in EVAL_SPLITS:
-            scores[s] = predict_split(fit.model, tensors[s], info)
-        details.update(
-            best_epoch=fit.best_epoch,
-            best_val=fit.best_value,
-            selection_metric=fit.metric,
-            epochs_run=fit.epochs_run,
-            fit_seconds=round(fit.wall_time_s, 3),
-        )
-        atomic_write(run.path("history.csv"), lambda tmp: fit.history.to_csv(tmp, index=False))
-        model = fit.model
-        save_checkpoint(
-            model.backbone,
-            run.path("finetuned.pt"),
-            head_state=model.head.state_dict(),
-            arm=unit.arm,
-            dataset=info.name,
-            best_epoch=fit.best_epoch,
-        )
-    elif unit.protocol.startswith("dvme_"):
-        feats = {
-            s: [bank.features(a, unit.seed, s) for a in unit.arms] for s in ("train", *EVAL_SPLITS)
-        }
-        settings = TrainSettings(
-            **{k: v for k, v in unit.params.items() if k != "tokens"}  # type: ignore[arg-type]
-        )
-        probe = train_dvme(
-            [f[train_idx] for f in feats["train"]],
-            y_train,
-            feats["val"],
-            data.splits["val"].labels,
-            info,
-            unit.params["tokens"],
-            unit.seed,
-            settings,
-            device,
-        )
-        for s in EVAL_SPLITS:
-            scores[s] = probe.predict_scores(feats[s])
-        details.update(
-            best_epoch=probe.fit.best_epoch,
-            best_val=probe.fit.best_value,
-            epochs_run=probe.fit.epochs_run,
-            fused_arms=list(unit.arms),
-        )
-        atomic_write(
-            run.path("dvme.pt"),
-            lambda tmp: torch.save(
-                {
-                    "state_dict": probe.model.state_dict(),
-                    "means": probe.means,
-                    "scales": probe.scales,
-                    "arms": list(unit.arms),
-                },
-                tmp,
-            ),
-        )
-    else:  # plan_units only emits the protocols above; a new one must be wired here
-        raise ValueError(f"unknown protocol {unit.protocol!r}")
-    return scores, details
+    return PROTOCOL_RUNNERS[key](ctx)
 
 
 def _savez(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -496,7 +511,8 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
         if not is_done(stage, rid) and not reuse_unit(rid, stage):
             t0 = time.perf_counter()
             with Run(stage, config, data.inputs, data.provenance, unit.seed, str(device)) as run:
-                scores, details = _evaluate_unit(unit, run, bank, data, train_idx, device)
+                ctx = UnitContext(unit, run, bank, data, train_idx, device)
+                scores, details = _evaluate_unit(ctx)
                 rows, preds = [], []
                 for s in EVAL_SPLITS:
                     split = data.splits[s]

@@ -48,13 +48,19 @@ def _expand(active: torch.Tensor, size: int) -> torch.Tensor:
     return active.repeat_interleave(r, 2).repeat_interleave(r, 3) if r > 1 else active
 
 
-def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """BatchNorm over the visible positions only (SparK's sparse BN); masked outputs are 0."""
-    mask = active.to(x.dtype)
+def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the visible positions only (SparK's sparse BN); masked outputs are 0.
+
+    ``mask`` is a float (N,1,H,W) 0/1 map. Statistics come from masked sums, E[x] and E[x²]
+    (the inputs are conv outputs of moderate scale, so the one-pass variance is accurate in
+    fp32); normalisation and affine fold into one per-channel ``x·a + b``. This costs ~5 passes
+    over the tensor instead of ~10 for the textbook masked formula (SparK is CPU-bound here).
+    """
+    x = x * mask
     if bn.training:
-        count = mask.sum() * 1.0
-        mean = (x * mask).sum(dim=(0, 2, 3)) / count
-        var = (((x - mean.view(1, -1, 1, 1)) * mask) ** 2).sum(dim=(0, 2, 3)) / count
+        count = mask.sum()  # visible positions, per channel
+        mean = x.sum(dim=(0, 2, 3)) / count
+        var = (x * x).sum(dim=(0, 2, 3)) / count - mean * mean
         with torch.no_grad():
             momentum = 0.1 if bn.momentum is None else bn.momentum
             unbiased = var * count / (count - 1).clamp(min=1)
@@ -63,10 +69,11 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, active: torch.Tensor
             bn.num_batches_tracked.add_(1)
     else:
         mean, var = bn.running_mean, bn.running_var
-    y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + bn.eps)
+    scale = torch.rsqrt(var + bn.eps)
     if bn.affine:
-        y = y * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
-    return y * mask
+        scale = scale * bn.weight
+    shift = -mean * scale + (bn.bias if bn.affine else 0.0)
+    return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * mask
 
 
 @contextlib.contextmanager
@@ -76,9 +83,16 @@ def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
     positions only. Restores the module on exit."""
     handles = []
     patched: list[nn.BatchNorm2d] = []
+    masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # one expanded mask per size
+
+    def mask_for(x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[-1], x.dtype)
+        if key not in masks:
+            masks[key] = _expand(active, x.shape[-1]).to(x.dtype)
+        return masks[key]
 
     def zero_masked(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-        return out * _expand(active, out.shape[-1]).to(out.dtype)
+        return out * mask_for(out)
 
     try:
         for m in module.modules():
@@ -86,7 +100,7 @@ def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
                 handles.append(m.register_forward_hook(zero_masked))
             elif isinstance(m, nn.BatchNorm2d):
                 m.forward = (  # type: ignore[method-assign]
-                    lambda x, bn=m: _sparse_batch_norm(bn, x, _expand(active, x.shape[-1]))
+                    lambda x, bn=m: _sparse_batch_norm(bn, x, mask_for(x))
                 )
                 patched.append(m)
         yield
