@@ -42,6 +42,7 @@ import pandas as pd
 from medstudy import paths, stats
 from medstudy.claims import CLAIMS, MINUS, VERDICTS, load_claims, plot_forest
 from medstudy.data.info import INFO
+from medstudy.evaluate.plots import PROTOCOL_ORDER
 from medstudy.metrics import PRIMARY_METRIC
 from medstudy.results import atomic_write, atomic_write_text, collect_metrics
 
@@ -67,14 +68,6 @@ ARM_ORDER: tuple[str, ...] = (
     "natural_sup+ssl:*",
     "curriculum",
     "fusion",
-)
-PROTOCOL_ORDER: tuple[str, ...] = (
-    "linear",
-    "knn",
-    "finetune",
-    "dvme_encoders",
-    "dvme_dims",
-    "dvme_concat",
 )
 REFERABLE_METRICS: dict[str, str] = {
     "referable_auc": r"grade $\geq 2$",

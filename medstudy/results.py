@@ -299,31 +299,29 @@ def write_predictions(path: Path, df: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def collect_metrics(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
-    """All finished runs' metrics.csv concatenated (``stage=None``: every stage)."""
+def _collect(
+    pattern: str, read: Callable[[Path], pd.DataFrame], columns: list[str], root: Path | None
+) -> pd.DataFrame:
+    """Concatenate one file kind of every *finished* run (DONE marker), with a run_id column."""
     root = root or paths.results_dir()
-    pattern = f"{stage}/*/metrics.csv" if stage else "*/*/metrics.csv"
     frames = []
     for f in sorted(root.glob(pattern)):
         if (f.parent / DONE_FILE).exists():
-            df = pd.read_csv(f)
+            df = read(f)
             df["run_id"] = f.parent.name
             frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=[*METRIC_COLUMNS, "run_id"])
+        return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)
+
+
+def collect_metrics(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
+    """All finished runs' metrics.csv concatenated (``stage=None``: every stage)."""
+    pattern = f"{stage}/*/metrics.csv" if stage else "*/*/metrics.csv"
+    return _collect(pattern, pd.read_csv, [*METRIC_COLUMNS, "run_id"], root)
 
 
 def collect_predictions(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
     """All finished runs' predictions concatenated, with a ``run_id`` column."""
-    root = root or paths.results_dir()
     pattern = f"{stage}/*/*.parquet" if stage else "*/*/*.parquet"
-    frames = []
-    for f in sorted(root.glob(pattern)):
-        if (f.parent / DONE_FILE).exists():
-            df = pd.read_parquet(f)
-            df["run_id"] = f.parent.name
-            frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=[*PREDICTION_KEYS, "sample_id", "run_id"])
-    return pd.concat(frames, ignore_index=True)
+    return _collect(pattern, pd.read_parquet, [*PREDICTION_KEYS, "sample_id", "run_id"], root)
