@@ -60,7 +60,8 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) 
     if bn.training:
         count = mask.sum()  # visible positions, per channel
         mean = x.sum(dim=(0, 2, 3)) / count
-        var = (x * x).sum(dim=(0, 2, 3)) / count - mean * mean
+        # clamp: the one-pass form can round a near-zero variance to a tiny negative value
+        var = ((x * x).sum(dim=(0, 2, 3)) / count - mean * mean).clamp_min(0.0)
         with torch.no_grad():
             momentum = 0.1 if bn.momentum is None else bn.momentum
             unbiased = var * count / (count - 1).clamp(min=1)
