@@ -338,6 +338,16 @@ def run_slurm(
     return 0
 
 
+def absolutise_env_dirs(
+    names: Sequence[str] = ("MEDSTUDY_DATA_DIR", "MEDSTUDY_RESULTS_DIR"),
+) -> None:
+    """Rewrite relative ``MEDSTUDY_*_DIR`` variables as absolute paths (against this cwd)."""
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            os.environ[name] = str(Path(value).expanduser().resolve())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", help=f"one of {list(PROFILES)}")
@@ -348,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-run finished jobs too")
     parser.add_argument("--launcher", default="local", help="local | slurm (submitit)")
     args = parser.parse_args(argv)
+    # Notebook kernels run with the notebooks folder as cwd: a relative data or results dir
+    # must be pinned to what it means here, or the kernels would look somewhere else.
+    absolutise_env_dirs()
     if args.results:
         os.environ["MEDSTUDY_RESULTS_DIR"] = str(Path(args.results).resolve())
     elif not os.environ.get("MEDSTUDY_RESULTS_DIR"):

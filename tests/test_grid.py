@@ -92,3 +92,15 @@ def test_stamp_skips_only_unchanged_jobs(results_tmp):
     assert grid.is_finished(job, root)
     job.params["seeds"] = [0, 1, 2]  # a changed parameter invalidates the stamp
     assert not grid.is_finished(job, root)
+
+
+def test_relative_env_dirs_are_pinned_before_kernels_start(tmp_path, monkeypatch):
+    # papermill runs kernels in notebooks/; a relative MEDSTUDY_DATA_DIR must keep its meaning
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDSTUDY_DATA_DIR", "../data_here")
+    monkeypatch.setenv("MEDSTUDY_RESULTS_DIR", "res")
+    grid.absolutise_env_dirs()
+    import os
+
+    assert os.environ["MEDSTUDY_DATA_DIR"] == str((tmp_path / "../data_here").resolve())
+    assert os.environ["MEDSTUDY_RESULTS_DIR"] == str(tmp_path / "res")
