@@ -21,6 +21,8 @@ C = TypeVar("C", bound="StageConfig")
 BASE_ARMS: tuple[str, ...] = ("scratch", "natural_sup", "natural_ssl", "curriculum")
 PROTOCOLS: tuple[str, ...] = ("linear", "knn", "finetune")
 FUSION_MODES: tuple[str, ...] = ("encoders", "dims", "concat")
+#: Val metrics that may select the fine-tuning epoch (higher is better); "" = the task's primary.
+SELECT_METRICS: tuple[str, ...] = ("", "auc", "accuracy", "balanced_accuracy", "macro_f1", "qwk")
 
 
 class ConfigError(ValueError):
@@ -160,6 +162,10 @@ class PretrainConfig(StageConfig):
     epochs: int = 1
     batch_size: int = 256
     lr: float = 0.06
+    # Backbone LR = lr * this for arms that start from natural-image weights
+    # (natural_sup+ssl:*); the fresh heads always train at lr. Below 1 keeps the natural
+    # features from being erased by the first large SSL steps.
+    natural_lr_mult: float = 1.0
     weight_decay: float = 5e-4
     max_train: int = 0  # 0 = the whole train split
     curriculum: tuple[str, ...] = ("simclr:1", "spark:1")  # "method:epochs" stages
@@ -175,6 +181,7 @@ class PretrainConfig(StageConfig):
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)
+        _positive("natural_lr_mult", self.natural_lr_mult)
         _positive("max_train", self.max_train, allow_zero=True)
         _positive("knn_k", self.knn_k)
         if self.device not in ("cpu", "cuda", "auto"):
@@ -207,6 +214,9 @@ class TransferConfig(StageConfig):
     finetune_lr: float = 0.05
     backbone_lr_mult: float = 0.1  # pretrained backbone LR = finetune_lr * this
     warmup_frozen_epochs: int = 0
+    finetune_augment: bool = True  # random resized crop + flip on train batches
+    finetune_select_on: str = ""  # val metric for early stopping / best epoch; "" = primary
+    finetune_min_steps: int = 1  # min optimiser steps per epoch (small fractions repeat data)
     patience: int = 5
     batch_size: int = 128
     max_train: int = 0
@@ -217,6 +227,7 @@ class TransferConfig(StageConfig):
     pretrain_epochs: int = 1
     pretrain_batch_size: int = 256
     pretrain_lr: float = 0.06
+    pretrain_natural_lr_mult: float = 1.0
     pretrain_max_train: int = 0
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
     pretrain_seed: int = 0
@@ -242,10 +253,21 @@ class TransferConfig(StageConfig):
             raise ConfigError("parameters 'arms', 'seeds' and 'fractions' must be non-empty")
         if len(self.fusion_arms) == 1:
             raise ConfigError("parameter 'fusion_arms' needs >= 2 encoders (or none)")
-        for name in ("finetune_epochs", "batch_size", "patience"):
+        for name in ("finetune_epochs", "batch_size", "patience", "finetune_min_steps"):
             _positive(name, getattr(self, name))
         _positive("finetune_lr", self.finetune_lr)
         _positive("backbone_lr_mult", self.backbone_lr_mult, allow_zero=True)
+        if self.finetune_select_on not in SELECT_METRICS:
+            raise ConfigError(
+                f"unknown finetune_select_on {self.finetune_select_on!r}; "
+                f"valid: {list(SELECT_METRICS)}"
+            )
+        if self.finetune_select_on == "qwk" and self.dataset in INFO:
+            if INFO[self.dataset].task != "ordinal-regression":
+                raise ConfigError(
+                    f"finetune_select_on 'qwk' needs an ordinal dataset; {self.dataset!r} is "
+                    f"{INFO[self.dataset].task}"
+                )
 
     def pretrain_config(self, arm: str, seed: int | None = None) -> PretrainConfig:
         """The notebook-01 config that produced ``arm``'s encoder (to find its checkpoint)."""
@@ -257,6 +279,7 @@ class TransferConfig(StageConfig):
             epochs=self.pretrain_epochs,
             batch_size=self.pretrain_batch_size,
             lr=self.pretrain_lr,
+            natural_lr_mult=self.pretrain_natural_lr_mult,
             max_train=self.pretrain_max_train,
             curriculum=self.pretrain_curriculum,
             seed=self.pretrain_seed if seed is None else seed,

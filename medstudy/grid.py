@@ -24,13 +24,14 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from medstudy import paths
+from medstudy.config import TransferConfig
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_pretrain",
@@ -45,9 +46,13 @@ PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
 # How each notebook is split into jobs: per dataset × arm, per dataset, or once.
 PER_ARM = {"01_pretrain"}
 ONCE = {"07_robustness_stats"}
-# Parameters a notebook takes from the profile's shared ``pretrain`` block (so that 02/03 can
-# find the checkpoints 01 wrote), with the prefix they carry there.
-PRETRAIN_KEYS = ("epochs", "batch_size", "lr", "max_train", "curriculum", "seed")
+#: The profile's shared ``pretrain`` block: exactly the notebook-01 settings that notebooks 02/03
+#: mirror as ``pretrain_<key>`` (TransferConfig) to find 01's checkpoints.
+PRETRAIN_KEYS: tuple[str, ...] = tuple(
+    f.name.removeprefix("pretrain_")
+    for f in fields(TransferConfig)
+    if f.name.startswith("pretrain_")
+)
 
 
 class GridError(ValueError):
@@ -123,13 +128,17 @@ def expand(
             jobs.append(job)
             continue
         arms = nb_spec.pop("arms", []) if nb in PER_ARM else []
-        # A notebook may run on a subset of the profile's datasets (e.g. a pneumonia-only arm).
+        # A notebook may run on a subset of the profile's datasets (e.g. a pneumonia-only arm)
+        # and override parameters for one dataset (``per_dataset: {name: {param: value}}``,
+        # e.g. the curriculum fine-tuned only on chest X-ray, where claim C5 tests it).
         only_ds = nb_spec.pop("datasets", None)
-        if only_ds is not None:
-            unknown_ds = sorted(set(only_ds) - set(spec["datasets"]))
+        per_dataset = nb_spec.pop("per_dataset", None) or {}
+        for what, names in (("datasets", only_ds or []), ("per_dataset", per_dataset)):
+            unknown_ds = sorted(set(names) - set(spec["datasets"]))
             if unknown_ds:
-                raise GridError(f"{nb}: datasets {unknown_ds} are not in the profile's datasets")
-        clash = sorted(set(nb_spec) & set(PRETRAIN_KEYS)) if nb in PER_ARM else []
+                raise GridError(f"{nb}: {what} {unknown_ds} are not in the profile's datasets")
+        overridden = {k for over in per_dataset.values() for k in over}
+        clash = sorted((set(nb_spec) | overridden) & set(PRETRAIN_KEYS)) if nb in PER_ARM else []
         if clash:
             raise GridError(
                 f"{nb}: {clash} belong in the profile's shared 'pretrain' block, so that later "
@@ -139,14 +148,16 @@ def expand(
             if only_ds is not None and ds not in only_ds:
                 continue
             upstream = list(by_dataset.get(ds, []))
+            over = dict(per_dataset.get(ds) or {})
             if nb in PER_ARM:
-                for arm in arms:
-                    params = {**common, "dataset": ds, "arm": arm, **pretrain, **nb_spec}
+                for arm in over.pop("arms", arms):
+                    params = {**common, "dataset": ds, "arm": arm, **pretrain, **nb_spec, **over}
                     jobs.append(Job(nb, f"{ds}__{_slug(arm)}", params, ds, upstream))
             else:
                 params = {**common, "dataset": ds}
                 params.update({f"pretrain_{k}": v for k, v in pretrain.items()})
                 params.update(nb_spec)
+                params.update(over)
                 jobs.append(Job(nb, ds, params, ds, upstream))
         for job in jobs:
             if job.notebook == nb and job.dataset:

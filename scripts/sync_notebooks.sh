@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 for py in notebooks/[0-9][0-9]_*.py; do
-  "$PY" -m jupytext --quiet --to ipynb --set-kernel python3 --update-metadata \
-    '{"jupytext": {"formats": "ipynb,py:percent"}}' -o "${py%.py}.ipynb" "$py"
+  nb="${py%.py}.ipynb"
+  # --update keeps the existing notebook's cell ids (no diff noise for unchanged cells)
+  update=(); [[ -f "$nb" ]] && update=(--update)
+  "$PY" -m jupytext --quiet --to ipynb "${update[@]}" --set-kernel python3 --update-metadata \
+    '{"jupytext": {"formats": "ipynb,py:percent"}}' -o "$nb" "$py"
 done
 echo "synced: $(ls notebooks/*.ipynb | tr '\n' ' ')"

@@ -51,6 +51,7 @@ def test_int_is_accepted_for_float_and_lists_become_tuples():
         ({"curriculum": ["simclr"]}, r"curriculum stage 'simclr' must be"),
         ({"arm": "natural_ssl"}, r"natural_ssl.*needs a timm backbone"),
         ({"device": "tpu"}, r"'device' must be one of"),
+        ({"natural_lr_mult": 0.0}, r"'natural_lr_mult' must be > 0"),
     ],
 )
 def test_bad_pretrain_values(params, pattern):
@@ -67,6 +68,11 @@ def test_bad_pretrain_values(params, pattern):
         ({"fusion_arms": ["scratch"]}, r"'fusion_arms' needs >= 2"),
         ({"fusion_modes": ["mean"]}, r"unknown fusion mode 'mean'"),
         ({"arms": []}, r"must be non-empty"),
+        ({"finetune_select_on": "loss"}, r"unknown finetune_select_on 'loss'; valid: \['', 'auc'"),
+        (
+            {"dataset": "pneumoniamnist", "finetune_select_on": "qwk"},
+            r"'qwk' needs an ordinal dataset; 'pneumoniamnist' is binary-class",
+        ),
     ],
 )
 def test_bad_transfer_values(params, pattern):
@@ -75,9 +81,16 @@ def test_bad_transfer_values(params, pattern):
 
 
 def test_transfer_rebuilds_the_pretrain_config():
-    cfg = TransferConfig.from_params(dataset="retinamnist", pretrain_epochs=3, pretrain_seed=2)
+    cfg = TransferConfig.from_params(
+        dataset="retinamnist", pretrain_epochs=3, pretrain_seed=2, pretrain_natural_lr_mult=0.1
+    )
     pre = cfg.pretrain_config("ssl:spark")
     assert (pre.dataset, pre.arm, pre.epochs, pre.seed) == ("retinamnist", "ssl:spark", 3, 2)
+    assert pre.natural_lr_mult == 0.1
+    # every pretrain_* field of TransferConfig reaches the PretrainConfig it rebuilds
+    mirrored = {f.removeprefix("pretrain_") for f in cfg.to_dict() if f.startswith("pretrain_")}
+    assert mirrored <= set(pre.to_dict())
+    assert TransferConfig.from_params(dataset="retinamnist", finetune_select_on="qwk")
 
 
 def test_claims_config():

@@ -219,6 +219,36 @@ def test_finetune_frozen_backbone_is_untouched(tiny_synth: dict, mult: float, wa
     assert bool(fit.history["frozen"].all())
 
 
+def test_tensor_batches_min_batches_repeats_reshuffled_passes() -> None:
+    from medstudy.evaluate.finetune import TensorBatches
+
+    x, y = torch.arange(20).float()[:, None], torch.arange(20)
+    plain = TensorBatches([x], y, 8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(plain) == len(list(plain)) == 3  # one pass: 8 + 8 + 4
+    rep = TensorBatches(
+        [x], y, 8, shuffle=True, generator=torch.Generator().manual_seed(0), min_batches=7
+    )
+    batches = list(rep)
+    assert len(rep) == len(batches) == 9  # 3 passes of 3 batches: the first count >= 7
+    passes = [torch.cat([b[1] for b in batches[i : i + 3]]) for i in (0, 3, 6)]
+    for p in passes:  # every pass is a full permutation of the data …
+        assert sorted(p.tolist()) == list(range(20))
+    assert not torch.equal(passes[0], passes[1])  # … drawn afresh
+    big = TensorBatches([x], y, 2, shuffle=True, generator=torch.Generator(), min_batches=4)
+    assert len(big) == 10  # already >= min_batches in one pass: unchanged
+    with pytest.raises(ValueError, match="only makes sense shuffled"):
+        TensorBatches([x], y, 8, min_batches=2)
+    with pytest.raises(ValueError, match="min_steps_per_epoch must be >= 1"):
+        TrainSettings(min_steps_per_epoch=0)
+
+
+def test_finetune_min_steps_per_epoch_takes_more_steps(tiny_synth: dict) -> None:
+    base = TrainSettings(max_epochs=1, patience=1, batch_size=96, lr=0.05)
+    one = _finetune(tiny_synth, base)
+    many = _finetune(tiny_synth, replace(base, min_steps_per_epoch=4))
+    assert one.history["steps"].iloc[0] == 1 and many.history["steps"].iloc[0] == 4
+
+
 def test_resolve_device_never_falls_back() -> None:
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="valid"):
@@ -313,6 +343,30 @@ def test_run_transfer_writes_units_and_skips_on_rerun(
     copied = run_transfer(cfg, stage="label_efficiency")
     assert set(copied["stage"]) == {"label_efficiency"}
     pd.testing.assert_frame_equal(copied.drop(columns="stage"), metrics.drop(columns="stage"))
+
+
+@pytest.mark.slow
+def test_recomputed_transfer_reproduces_metrics_csv_exactly(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two independent computations (fresh results roots, nothing cached) of the same config and
+    # seed: every unit's metrics.csv and predictions are identical, byte for byte / bit for bit.
+    cfg = _tiny_cfg(fractions=[0.1], finetune_fractions=[0.1], finetune_min_steps=3, seeds=[1])
+    out = {}
+    for name in ("a", "b"):
+        monkeypatch.setenv("MEDSTUDY_RESULTS_DIR", str(tmp_path / name))
+        metrics = run_transfer(cfg)
+        out[name] = {
+            rid: (
+                (paths.run_dir("transfer", rid) / "metrics.csv").read_bytes(),
+                pd.read_parquet(paths.run_dir("transfer", rid) / "predictions.parquet"),
+            )
+            for rid in metrics["run_id"].unique()
+        }
+    assert set(out["a"]) == set(out["b"]) and len(out["a"]) == 3  # linear, knn, finetune
+    for rid, (csv, preds) in out["a"].items():
+        assert out["b"][rid][0] == csv, rid
+        pd.testing.assert_frame_equal(out["b"][rid][1], preds, check_exact=True)
 
 
 def test_run_transfer_dvme_units(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

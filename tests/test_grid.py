@@ -62,6 +62,26 @@ def test_notebook_dataset_subset_must_be_in_the_profile():
         expand(spec)
 
 
+def test_per_dataset_overrides_reach_only_their_dataset():
+    spec = load_profile("smoke")
+    spec["notebooks"]["02_transfer"]["per_dataset"] = {
+        "pneumoniamnist": {"finetune_arms": ["scratch", "natural_sup", "curriculum"]}
+    }
+    spec["notebooks"]["01_pretrain"]["per_dataset"] = {"retinamnist": {"arms": ["ssl:simclr"]}}
+    jobs = {j.name: j for j in expand(spec)}
+    assert jobs["02_transfer__pneumoniamnist"].params["finetune_arms"][-1] == "curriculum"
+    assert jobs["02_transfer__retinamnist"].params["finetune_arms"] == ["scratch", "natural_sup"]
+    assert "01_pretrain__retinamnist__ssl-spark" not in jobs
+    assert "01_pretrain__pneumoniamnist__ssl-spark" in jobs
+    spec["notebooks"]["02_transfer"]["per_dataset"] = {"dermamnist": {"seeds": [0]}}
+    with pytest.raises(GridError, match=r"per_dataset \['dermamnist'\] are not in"):
+        expand(spec)
+    spec["notebooks"]["02_transfer"].pop("per_dataset")
+    spec["notebooks"]["01_pretrain"]["per_dataset"] = {"retinamnist": {"lr": 0.1}}
+    with pytest.raises(GridError, match=r"\['lr'\] belong in the profile's shared"):
+        expand(spec)
+
+
 def test_pretrain_keys_must_stay_shared():
     spec = load_profile("smoke")
     spec["notebooks"]["01_pretrain"] = {"arms": ["scratch"], "epochs": 3}

@@ -344,6 +344,23 @@ def test_natural_ssl_and_missing_gpu_fail_clearly() -> None:
             ssl_loop.pretrain(PretrainConfig(arm="scratch", device="cuda", **TINY))
 
 
+@pytest.mark.parametrize(("arm", "mult"), [("natural_sup+ssl:simclr", 0.1), ("ssl:simclr", 1.0)])
+def test_natural_lr_mult_slows_only_a_natural_backbone(arm: str, mult: float) -> None:
+    cfg = PretrainConfig(arm=arm, lr=0.5, natural_lr_mult=0.1, weight_decay=1e-4)
+    method = METHODS["simclr"].build(create_backbone("resnet20_cifar"))
+    groups = ssl_loop.param_groups(method, cfg)
+    backbone = {id(p) for p in method.backbone.parameters()}
+    head = {id(p) for p in method.projection_head.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= backbone or ids <= head  # a group never mixes backbone and head
+        assert g["lr"] == pytest.approx(0.5 * mult if ids <= backbone else 0.5)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(backbone | head)  # every trainable parameter, once
+    biases = {id(p) for n, p in method.named_parameters() if n.endswith("bias")}
+    assert all(g["weight_decay"] == 0.0 for g in groups if {id(p) for p in g["params"]} & biases)
+
+
 def test_seeds_are_stable_and_distinct() -> None:
     assert ssl_loop.derive_seed(0, "augment", 0, 1) == ssl_loop.derive_seed(0, "augment", 0, 1)
     assert ssl_loop.derive_seed(0, "augment", 0, 1) != ssl_loop.derive_seed(0, "augment", 0, 2)

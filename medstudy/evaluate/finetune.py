@@ -13,6 +13,9 @@ pretraining loop serves every pretext task:
 - a pretrained backbone gets a lower learning rate than the head (``backbone_lr_mult``), and may
   be frozen for the first ``warmup_frozen_epochs`` epochs (linear-probe-then-fine-tune warm-up,
   as in Wolf et al. 2023, Sci Rep, SparK vs contrastive pretraining for CT);
+- a tiny train set (a 1 % label fraction: a few dozen images) would get one optimiser step per
+  epoch; ``min_steps_per_epoch`` makes an epoch repeat the (reshuffled) data up to that many
+  steps, so every fraction gets a comparable optimisation budget per val check;
 - class imbalance: none by default (the loss sees the training prevalence, and imbalance is
   visible in balanced accuracy / macro F1); ``class_weighted_loss=True`` switches to inverse-
   frequency weighted cross-entropy (``pos_weight`` for multi-label BCE);
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from medstudy.augment import AugmentRecipe, ViewTransform, augment_batch, recipe_for_dataset
+from medstudy.config import SELECT_METRICS
 from medstudy.data.info import DatasetInfo
 from medstudy.data.tensors import TensorSplit, to_float, to_model_input
 from medstudy.metrics import PRIMARY_METRIC, compute_metrics
@@ -54,7 +58,7 @@ InputTransform = Callable[
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 #: Val metrics that may select the best epoch (higher is better); "" means PRIMARY_METRIC.
-SELECTABLE: tuple[str, ...] = ("", "auc", "accuracy", "balanced_accuracy", "macro_f1", "qwk")
+SELECTABLE: tuple[str, ...] = SELECT_METRICS
 
 
 # ------------------------------------------------------------------------------------ device --
@@ -101,31 +105,39 @@ class TensorBatches:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        min_batches: int = 1,
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("shuffle=True needs an explicit torch.Generator (seeded runs)")
+        if min_batches > 1 and not shuffle:
+            raise ValueError("min_batches > 1 repeats the data, which only makes sense shuffled")
         n = int(labels.shape[0])
         if any(int(x.shape[0]) != n for x in inputs):
             raise ValueError("every input must have as many rows as labels")
         self.inputs, self.labels = tuple(inputs), labels
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        per_pass = math.ceil(n / batch_size)
+        #: Passes over the data per epoch: enough for ``min_batches`` batches (a tiny label
+        #: fraction would otherwise get one optimiser step per epoch).
+        self.passes = max(1, math.ceil(min_batches / max(per_pass, 1)))
 
     def __len__(self) -> int:
-        return math.ceil(int(self.labels.shape[0]) / self.batch_size)
+        return self.passes * math.ceil(int(self.labels.shape[0]) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n = int(self.labels.shape[0])
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
-        else:
-            order = torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size].to(self.labels.device)
-            if self.shuffle and len(idx) == 1 and n > 1:
-                # A lone training sample breaks BatchNorm on 1x1 maps (timm ResNets at 28 px);
-                # with shuffling it is a different sample each epoch, so nothing is lost.
-                continue
-            yield (*(x[idx] for x in self.inputs), self.labels[idx])
+        for _ in range(self.passes):
+            if self.shuffle:
+                order = torch.randperm(n, generator=self.generator)
+            else:
+                order = torch.arange(n)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size].to(self.labels.device)
+                if self.shuffle and len(idx) == 1 and n > 1:
+                    # A lone training sample breaks BatchNorm on 1x1 maps (timm ResNets at
+                    # 28 px); with shuffling it is a different sample each time: nothing lost.
+                    continue
+                yield (*(x[idx] for x in self.inputs), self.labels[idx])
 
 
 # ----------------------------------------------------------------------------- augmentation --
@@ -184,11 +196,12 @@ class TrainSettings:
     augment: bool = False
     class_weighted_loss: bool = False
     select_on: str = ""  # val metric for early stopping / best epoch; "" = PRIMARY_METRIC
+    min_steps_per_epoch: int = 1  # small train sets repeat (reshuffled) up to this many steps
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {list(OPTIMIZERS)}")
-        for name in ("max_epochs", "patience", "batch_size"):
+        for name in ("max_epochs", "patience", "batch_size", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.select_on not in SELECTABLE:
@@ -201,7 +214,8 @@ class TrainSettings:
 class FitResult:
     """A finished fit: ``model`` holds the best-val weights (eval mode, on the training device).
 
-    ``history`` has one row per epoch: ``epoch, train_loss, val_<metric>, lr, frozen, seconds``.
+    ``history`` has one row per epoch: ``epoch, steps, train_loss, val_<metric>, lr, frozen,
+    seconds``.
     """
 
     model: nn.Module
@@ -315,10 +329,12 @@ class SupervisedModule(pl.LightningModule):
         )[self.metric]
         epoch = self.current_epoch
         loss = torch.stack(self._train_loss).mean().item() if self._train_loss else math.nan
+        steps = len(self._train_loss)
         self._train_loss.clear()
         self.history.append(
             {
                 "epoch": epoch,
+                "steps": steps,
                 "train_loss": loss,
                 f"val_{self.metric}": value,
                 "lr": self.trainer.optimizers[0].param_groups[-1]["lr"],
@@ -406,6 +422,7 @@ def fit_supervised(
         settings.batch_size,
         shuffle=True,
         generator=_generator(torch.device("cpu"), seed),
+        min_batches=settings.min_steps_per_epoch,
     )
     val = TensorBatches(val_inputs, val_labels, eval_batch_size)
     weights = class_weights(info, train_labels).to(device) if settings.class_weighted_loss else None

@@ -84,7 +84,6 @@ KNN_K = 20  # Wu et al. 2018 / DINO's weighted kNN monitor
 KNN_TEMPERATURE = 0.07
 FUSION_ARM = "fusion"
 FEATURES_STAGE = "features"
-FINETUNE_AUGMENT = True
 #: Stages that run :func:`run_transfer` (notebooks 02 and 03); they share identical units.
 TRANSFER_STAGES: tuple[str, ...] = ("transfer", "label_efficiency")
 
@@ -252,7 +251,9 @@ def finetune_settings(cfg: TransferConfig, arm: str) -> TrainSettings:
         lr=cfg.finetune_lr,
         backbone_lr_mult=cfg.backbone_lr_mult if pretrained else 1.0,
         warmup_frozen_epochs=cfg.warmup_frozen_epochs if pretrained else 0,
-        augment=FINETUNE_AUGMENT,
+        augment=cfg.finetune_augment,
+        select_on=cfg.finetune_select_on,
+        min_steps_per_epoch=cfg.finetune_min_steps,
     )
 
 

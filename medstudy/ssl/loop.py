@@ -319,6 +319,26 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float], torch.optim.Optimi
 }
 
 
+def param_groups(method: SSLMethod, cfg: PretrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: weight decay except on norms and biases (lightly's
+    ``get_weight_decay_parameters``), and for arms that start from natural-image weights
+    (``natural_sup+ssl:*``) the backbone at ``lr * natural_lr_mult`` while the fresh heads train
+    at ``lr``. Frozen (momentum) parameters are left out; empty groups are dropped."""
+    decay, no_decay = get_weight_decay_parameters([method])
+    natural = arm_plan(cfg).init == "natural_sup"
+    mult = cfg.natural_lr_mult if natural else 1.0
+    in_backbone = {id(p) for p in method.backbone.parameters()}
+    groups = []
+    for plist, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+        for backbone in (True, False):
+            params = [p for p in plist if p.requires_grad and (id(p) in in_backbone) == backbone]
+            if params:
+                groups.append(
+                    {"params": params, "weight_decay": wd, "lr": cfg.lr * (mult if backbone else 1)}
+                )
+    return groups
+
+
 class PretrainModule(L.LightningModule):
     """One SSL stage: augmentation → method loss; kNN monitor and history at each epoch end."""
 
@@ -356,14 +376,7 @@ class PretrainModule(L.LightningModule):
 
     # -- setup ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = get_weight_decay_parameters([self.method])
-        groups = [
-            {
-                "params": [p for p in decay if p.requires_grad],
-                "weight_decay": self.cfg.weight_decay,
-            },
-            {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
-        ]
+        groups = param_groups(self.method, self.cfg)
         optimizer = OPTIMIZERS[self.spec.optimizer](groups, self.cfg.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = CosineWarmupScheduler(
