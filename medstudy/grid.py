@@ -83,13 +83,16 @@ def _slug(text: str) -> str:
 
 
 def load_profile(profile: str) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml``; unknown profiles name the valid ones."""
+    """Read ``params/<profile>.yaml`` (the shipped :data:`PROFILES` or a user's own file);
+    unknown profiles name the valid ones."""
     path = paths.params_dir() / f"{profile}.yaml"
-    if profile not in PROFILES or not path.exists():
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", profile) or not path.exists():
         valid = sorted(p.stem for p in paths.params_dir().glob("*.yaml"))
         raise GridError(f"unknown profile {profile!r}; valid: {valid}")
     with open(path) as fh:
         spec = yaml.safe_load(fh)
+    # The file name is the profile's identity (results root, the label in the paper).
+    spec["profile"] = profile
     for key in ("datasets", "notebooks"):
         if key not in spec:
             raise GridError(f"{path}: missing top-level key {key!r}")
@@ -361,7 +364,9 @@ def absolutise_env_dirs(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", help=f"one of {list(PROFILES)}")
+    parser.add_argument(
+        "--profile", default="quick", help=f"{list(PROFILES)} or params/<name>.yaml"
+    )
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--datasets", default="", help="override the profile's datasets")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")

@@ -62,6 +62,19 @@ def test_notebook_dataset_subset_must_be_in_the_profile():
         expand(spec)
 
 
+def test_a_users_own_profile_file_runs(tmp_path, monkeypatch):
+    params = tmp_path / "params"
+    params.mkdir()
+    smoke = (grid.paths.params_dir() / "smoke.yaml").read_text()
+    (params / "mine.yaml").write_text(smoke.replace("profile: smoke", "profile: smoke-copy"))
+    monkeypatch.setattr(grid.paths, "params_dir", lambda: params)
+    spec = load_profile("mine")
+    assert spec["profile"] == "mine"  # the file name, whatever the file says
+    assert len(expand(spec)) == len(expand(load_profile("mine")))
+    with pytest.raises(GridError, match=r"unknown profile '../mine'; valid: \['mine'\]"):
+        load_profile("../mine")
+
+
 def test_per_dataset_overrides_reach_only_their_dataset():
     spec = load_profile("smoke")
     spec["notebooks"]["02_transfer"]["per_dataset"] = {
