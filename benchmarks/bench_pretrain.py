@@ -16,7 +16,8 @@ lightly's recipe does, and (b') shows it with channels_last, to separate the two
 two augmentation pipelines are also timed alone ("data only").
 
 Targets: a/b >= 1.5 (batched augmentation pays off) and c/a <= 1.15 (the loop adds little).
-Run: ``python benchmarks/bench_pretrain.py`` (``--threads``, ``--steps``, ``--dataset``). The
+Run: ``python benchmarks/bench_pretrain.py`` (``--threads``, default every CPU; ``--steps``,
+``--dataset``). The
 table goes first and the last line is one JSON object.
 """
 
@@ -171,13 +172,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="pcam28_subset")
     parser.add_argument("--n-train", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps for (b) and (c)")
+    parser.add_argument("--steps", type=int, default=24, help="timed steps for (b) and (c)")
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch intra-op threads; 1 is robust on a shared 2-core machine (2 threads "
-        "collapse 10-20x when another process holds a core)",
+        default=os.cpu_count() or 1,
+        help="torch intra-op threads (default: every CPU, as run_all.sh gives its one job at a "
+        "time); use 1 on a shared machine (2 threads collapse when another process holds a core)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ of the init and of the final encoder under the method's own augmentation
 (:func:`view_identification`).
 
 Run: ``python benchmarks/bench_ssl_knn.py [--datasets pneumoniamnist,retinamnist]
-[--methods simclr,byol] [--epochs 5] [--batch-size 256] [--max-train 2000] [--threads 1]``.
+[--methods simclr,byol] [--epochs 10] [--batch-size 128] [--max-train 2000] [--threads 1]``.
 Runs are written under ``--results`` (default: a temporary directory) and cached there by
 run_id, so a rerun with the same budget only re-reads them. The table goes first and the last
 line is one JSON object. Figures measured here are in ``benchmarks/README.md``.
@@ -201,8 +201,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="pneumoniamnist,retinamnist")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.06)
     parser.add_argument("--max-train", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
