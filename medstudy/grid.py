@@ -136,6 +136,16 @@ def expand(
         # e.g. the curriculum fine-tuned only on chest X-ray, where claim C5 tests it).
         only_ds = nb_spec.pop("datasets", None)
         per_dataset = nb_spec.pop("per_dataset", None) or {}
+        bad_over = (
+            sorted(k for k, v in per_dataset.items() if not isinstance(v, dict | None))
+            if isinstance(per_dataset, dict)
+            else []
+        )
+        if not isinstance(per_dataset, dict) or bad_over:
+            raise GridError(
+                f"{nb}: per_dataset must map a dataset to {{parameter: value}}; bad: "
+                f"{bad_over or per_dataset!r}"
+            )
         for what, names in (("datasets", only_ds or []), ("per_dataset", per_dataset)):
             unknown_ds = sorted(set(names) - set(spec["datasets"]))
             if unknown_ds:

@@ -66,11 +66,14 @@ def test_a_users_own_profile_file_runs(tmp_path, monkeypatch):
     params = tmp_path / "params"
     params.mkdir()
     smoke = (grid.paths.params_dir() / "smoke.yaml").read_text()
+    smoke_jobs = [j.name for j in expand(load_profile("smoke"))]
     (params / "mine.yaml").write_text(smoke.replace("profile: smoke", "profile: smoke-copy"))
     monkeypatch.setattr(grid.paths, "params_dir", lambda: params)
     spec = load_profile("mine")
     assert spec["profile"] == "mine"  # the file name, whatever the file says
-    assert len(expand(spec)) == len(expand(load_profile("mine")))
+    jobs = expand(spec)
+    assert [j.name for j in jobs] == smoke_jobs
+    assert jobs[-1].params["profile"] == "mine"  # notebook 07 labels the claims with it
     with pytest.raises(GridError, match=r"unknown profile '../mine'; valid: \['mine'\]"):
         load_profile("../mine")
 
@@ -88,6 +91,9 @@ def test_per_dataset_overrides_reach_only_their_dataset():
     assert "01_pretrain__pneumoniamnist__ssl-spark" in jobs
     spec["notebooks"]["02_transfer"]["per_dataset"] = {"dermamnist": {"seeds": [0]}}
     with pytest.raises(GridError, match=r"per_dataset \['dermamnist'\] are not in"):
+        expand(spec)
+    spec["notebooks"]["02_transfer"]["per_dataset"] = {"retinamnist": ["seeds", 0]}
+    with pytest.raises(GridError, match=r"per_dataset must map a dataset to .*\['retinamnist'\]"):
         expand(spec)
     spec["notebooks"]["02_transfer"].pop("per_dataset")
     spec["notebooks"]["01_pretrain"]["per_dataset"] = {"retinamnist": {"lr": 0.1}}
