@@ -112,41 +112,26 @@ def _accuracy(y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def knn_difference(
-    init: torch.nn.Module, final: torch.nn.Module, cfg: Any, args: argparse.Namespace
+    init: torch.nn.Module, final: torch.nn.Module, train: Any, val: Any, n_classes: int, k: int
 ) -> dict[str, float]:
     """Final − init kNN val accuracy, with a paired, class-stratified percentile bootstrap CI
     and p-value over the val images (:func:`medstudy.stats.paired_bootstrap`; A = final,
-    B = init). The kNN matches the monitor's (same train cap, k, cosine, T)."""
-    from medstudy.data import TensorSplit
-    from medstudy.evaluate.features import extract_features
-    from medstudy.evaluate.knn import knn_predict
-    from medstudy.ssl.loop import KNN_TEMPERATURE, load_pretrain_data
+    B = init). The votes are the monitor's own (:func:`medstudy.ssl.loop.knn_scores`)."""
+    from medstudy.ssl.loop import knn_scores
     from medstudy.stats import paired_bootstrap
 
-    data = load_pretrain_data(cfg)
-    train, val = TensorSplit.from_split(data.train), TensorSplit.from_split(data.val)
-    y_tr, y_va = data.train.labels.reshape(-1), data.val.labels.reshape(-1)
-    n_classes = data.train.info.n_classes
-    scores = [
-        knn_predict(
-            extract_features(net, train),
-            y_tr,
-            extract_features(net, val),
-            n_classes,
-            cfg.knn_k,
-            KNN_TEMPERATURE,
-        )
-        for net in (final, init)
-    ]
+    scores = [knn_scores(net, train, val, n_classes, k) for net in (final, init)]
+    y_va = val.labels.cpu().numpy().reshape(-1)
     res = paired_bootstrap(_accuracy, y_va, *scores, n_boot=2000, method="percentile", seed=0)
     return {"diff": res.diff, "diff_lo": res.ci_low, "diff_hi": res.ci_high, "p": res.p_value}
 
 
 def run_one(dataset: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
     from medstudy.config import PretrainConfig
-    from medstudy.data import TensorSplit, load_split
+    from medstudy.data import TensorSplit
     from medstudy.models import create_backbone
     from medstudy.ssl import load_encoder, pretrain
+    from medstudy.ssl.loop import load_pretrain_data
 
     cfg = PretrainConfig(
         dataset=dataset,
@@ -163,12 +148,13 @@ def run_one(dataset: str, method: str, args: argparse.Namespace) -> dict[str, An
     wall = time.perf_counter() - t0
     hist = result.history
     trained = hist[hist["method"] != "init"]
-    val = TensorSplit.from_split(load_split(dataset, "val"))
+    data = load_pretrain_data(cfg)  # the monitor's capped train split and val split
+    train, val = TensorSplit.from_split(data.train), TensorSplit.from_split(data.val)
     encoder = load_encoder(cfg)
     spread, erank = _feature_stats(encoder, val.images)
     probe = val.images[:N_VIEW_ID]
     init = create_backbone(cfg.backbone, seed=cfg.seed)  # the init the method started from
-    test = knn_difference(init, encoder, cfg, args)
+    test = knn_difference(init, encoder, train, val, data.train.info.n_classes, cfg.knn_k)
     view_id_init = view_identification(init, probe, method, dataset, args.seed)
     view_id_final = view_identification(encoder, probe, method, dataset, args.seed)
     init, final = float(hist["knn_acc"].iloc[0]), float(hist["knn_acc"].iloc[-1])

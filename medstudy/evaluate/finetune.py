@@ -57,8 +57,6 @@ InputTransform = Callable[
 ]
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-#: Val metrics that may select the best epoch (higher is better); "" means PRIMARY_METRIC.
-SELECTABLE: tuple[str, ...] = SELECT_METRICS
 
 
 # ------------------------------------------------------------------------------------ device --
@@ -204,8 +202,8 @@ class TrainSettings:
         for name in ("max_epochs", "patience", "batch_size", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.select_on not in SELECTABLE:
-            raise ValueError(f"unknown select_on {self.select_on!r}; valid: {list(SELECTABLE)}")
+        if self.select_on not in SELECT_METRICS:
+            raise ValueError(f"unknown select_on {self.select_on!r}; valid: {list(SELECT_METRICS)}")
         if self.lr <= 0 or self.backbone_lr_mult < 0 or self.warmup_frozen_epochs < 0:
             raise ValueError("lr must be > 0, backbone_lr_mult and warmup_frozen_epochs >= 0")
 

@@ -254,6 +254,16 @@ def _device(cfg: PretrainConfig) -> torch.device:
 
 
 # --------------------------------------------------------------------------- kNN monitor ----
+def knn_scores(
+    backbone: Backbone, train: TensorSplit, val: TensorSplit, n_classes: int, k: int
+) -> np.ndarray:
+    """The monitor's weighted kNN votes (cosine, T = ``KNN_TEMPERATURE``) for every val image."""
+    train_feats = extract_features(backbone, train)
+    val_feats = extract_features(backbone, val)
+    train_y = train.labels.cpu().numpy()
+    return knn_predict(train_feats, train_y, val_feats, n_classes, k, KNN_TEMPERATURE)
+
+
 def knn_accuracy(
     backbone: Backbone, train: TensorSplit, val: TensorSplit, n_classes: int, k: int
 ) -> float:
@@ -261,10 +271,8 @@ def knn_accuracy(
 
     Multi-label tasks: the mean over labels of the per-label accuracy at a 0.5 vote.
     """
-    train_feats = extract_features(backbone, train)
-    val_feats = extract_features(backbone, val)
-    train_y, val_y = train.labels.cpu().numpy(), val.labels.cpu().numpy()
-    scores = knn_predict(train_feats, train_y, val_feats, n_classes, k, KNN_TEMPERATURE)
+    scores = knn_scores(backbone, train, val, n_classes, k)
+    val_y = val.labels.cpu().numpy()
     if val_y.ndim == 2:
         return float(((scores >= 0.5) == (val_y > 0)).mean())
     return float((scores.argmax(axis=1) == val_y).mean())
