@@ -2,7 +2,7 @@
 
 ResNet-20 at 28 px, batch 256, SimCLR (lightly's ``SimCLRProjectionHead`` + ``NTXentLoss``, SGD):
 
-- **(a) ours**: ``medstudy.ssl.pretrain`` end to end (Lightning loop, in-memory uint8 tensors,
+- **(a) ours**: ``medstudy.pretrain.pretrain`` end to end (Lightning loop, in-memory uint8 tensors,
   batched tensor augmentation); images/s of the training part of each epoch, from
   ``history.csv`` (the kNN monitor is timed separately and excluded).
 - **(b) lightly reference**: ``lightly.transforms.SimCLRTransform(input_size=28,
@@ -95,7 +95,7 @@ def _timed_steps(
 
 
 def bench_ours(dataset: str, n_train: int, epochs: int) -> dict[str, float]:
-    from medstudy.ssl.loop import pretrain
+    from medstudy.pretrain import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MEDSTUDY_RESULTS_DIR"] = tmp

@@ -1,6 +1,6 @@
 """Does each SSL method's encoder beat random-init features under the online kNN monitor?
 
-For every (dataset, method) this runs ``medstudy.ssl.pretrain`` (arm ``ssl:<method>``, from
+For every (dataset, method) this runs ``medstudy.pretrain.pretrain`` (arm ``ssl:<method>``, from
 scratch) with one budget and reads the val kNN accuracy (k = 20, cosine, T = 0.07) of
 ``history.csv``: epoch 0 is the random initialisation the method starts from (same seed, so the
 same weights for every method), the last row is the final encoder. It also records the per-epoch
@@ -80,8 +80,8 @@ def pixel_baselines(dataset: str, args: argparse.Namespace) -> dict[str, float]:
     need no network: standardised raw pixels, and 2 colour statistics per channel (mean, std).
     They say what "beats random-init features" is worth on a 28 px dataset."""
     from medstudy.config import PretrainConfig
-    from medstudy.evaluate.knn import knn_predict
-    from medstudy.ssl.loop import KNN_TEMPERATURE, load_pretrain_data
+    from medstudy.evaluate.knn import KNN_TEMPERATURE, knn_predict
+    from medstudy.pretrain import load_pretrain_data
 
     cfg = PretrainConfig(dataset=dataset, arm="scratch", max_train=args.max_train, seed=args.seed)
     # (the train cap depends on max_train and seed only, as in the monitor)
@@ -116,8 +116,8 @@ def knn_difference(
 ) -> dict[str, float]:
     """Final − init kNN val accuracy, with a paired, class-stratified percentile bootstrap CI
     and p-value over the val images (:func:`medstudy.stats.paired_bootstrap`; A = final,
-    B = init). The votes are the monitor's own (:func:`medstudy.ssl.loop.knn_scores`)."""
-    from medstudy.ssl.loop import knn_scores
+    B = init). The votes are the monitor's own (:func:`medstudy.evaluate.knn.knn_scores`)."""
+    from medstudy.evaluate.knn import knn_scores
     from medstudy.stats import paired_bootstrap
 
     scores = [knn_scores(net, train, val, n_classes, k) for net in (final, init)]
@@ -130,8 +130,7 @@ def run_one(dataset: str, method: str, args: argparse.Namespace) -> dict[str, An
     from medstudy.config import PretrainConfig
     from medstudy.data import TensorSplit
     from medstudy.models import create_backbone
-    from medstudy.ssl import load_encoder, pretrain
-    from medstudy.ssl.loop import load_pretrain_data
+    from medstudy.pretrain import load_encoder, load_pretrain_data, pretrain
 
     cfg = PretrainConfig(
         dataset=dataset,

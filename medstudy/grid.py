@@ -31,21 +31,46 @@ from typing import Any
 import yaml
 
 from medstudy import paths
-from medstudy.config import TransferConfig
-
-NOTEBOOKS: tuple[str, ...] = (
-    "01_pretrain",
-    "02_transfer",
-    "03_label_efficiency",
-    "04_representations",
-    "05_interpretability",
-    "06_robustness",
-    "07_robustness_stats",
+from medstudy.config import (
+    ClaimsConfig,
+    LabelEfficiencyConfig,
+    PretrainConfig,
+    StageConfig,
+    TransferConfig,
+    validate_dataset,
 )
+from medstudy.data.info import INFO
+from medstudy.data.loaders import file_md5
+from medstudy.results import atomic_write, now_iso, write_json
+
+#: How a notebook is split into papermill jobs: one per dataset × arm, per dataset, or once.
+FAN_OUTS: tuple[str, ...] = ("dataset_arm", "dataset", "once")
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """One notebook of the study: its config class, how a profile fans it out into jobs, and
+    the results stage it writes (``""``: the claims table, not a stage)."""
+
+    name: str
+    config: type[StageConfig]
+    fan_out: str
+    stage: str
+
+
+#: Every notebook, in dependency order (a notebook reads only the stages of earlier ones).
+NOTEBOOKS: dict[str, NotebookSpec] = {
+    nb.name: nb
+    for nb in (
+        NotebookSpec("01_pretrain", PretrainConfig, "dataset_arm", PretrainConfig.stage),
+        NotebookSpec("02_transfer", TransferConfig, "dataset", TransferConfig.stage),
+        NotebookSpec(
+            "03_label_efficiency", LabelEfficiencyConfig, "dataset", LabelEfficiencyConfig.stage
+        ),
+        NotebookSpec("07_robustness_stats", ClaimsConfig, "once", ""),
+    )
+}
 PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
-# How each notebook is split into jobs: per dataset × arm, per dataset, or once.
-PER_ARM = {"01_pretrain"}
-ONCE = {"07_robustness_stats"}
 #: The profile's shared ``pretrain`` block: exactly the notebook-01 settings that notebooks 02/03
 #: mirror as ``pretrain_<key>`` (TransferConfig) to find 01's checkpoints.
 PRETRAIN_KEYS: tuple[str, ...] = tuple(
@@ -72,10 +97,10 @@ class Job:
         return f"{self.notebook}__{self.key}"
 
     def output(self, root: Path) -> Path:
-        return root / "executed" / f"{self.name}.ipynb"
+        return paths.executed_dir(root) / f"{self.name}.ipynb"
 
     def stamp(self, root: Path) -> Path:
-        return root / "executed" / f"{self.name}.done.json"
+        return paths.executed_dir(root) / f"{self.name}.done.json"
 
 
 def _slug(text: str) -> str:
@@ -115,6 +140,11 @@ def expand(
     unknown_pre = sorted(set(pretrain) - set(PRETRAIN_KEYS))
     if unknown_pre:
         raise GridError(f"pretrain block: unknown keys {unknown_pre}; valid: {list(PRETRAIN_KEYS)}")
+    if pretrain.get("paired") and "seed" in pretrain:
+        raise GridError(
+            "pretrain block: 'paired: true' takes the pretraining seeds from the later notebooks' "
+            "seeds; remove 'seed'"
+        )
     prefixes = {o.split("_")[0] for o in only}
     bad = sorted(prefixes - {n.split("_")[0] for n in NOTEBOOKS})
     if bad:
@@ -125,12 +155,13 @@ def expand(
         if nb not in spec["notebooks"]:
             continue
         nb_spec = dict(spec["notebooks"][nb] or {})
-        if nb in ONCE:
+        if NOTEBOOKS[nb].fan_out == "once":
             job = Job(nb, "all", {**nb_spec, "datasets": chosen, "profile": spec["profile"]})
             job.upstream = [j.name for j in jobs]
             jobs.append(job)
             continue
-        arms = nb_spec.pop("arms", []) if nb in PER_ARM else []
+        per_arm = NOTEBOOKS[nb].fan_out == "dataset_arm"
+        arms = nb_spec.pop("arms", []) if per_arm else []
         # A notebook may run on a subset of the profile's datasets (e.g. a pneumonia-only arm)
         # and override parameters for one dataset (``per_dataset: {name: {param: value}}``,
         # e.g. the curriculum fine-tuned only on chest X-ray, where claim C5 tests it).
@@ -151,7 +182,7 @@ def expand(
             if unknown_ds:
                 raise GridError(f"{nb}: {what} {unknown_ds} are not in the profile's datasets")
         overridden = {k for over in per_dataset.values() for k in over}
-        clash = sorted((set(nb_spec) | overridden) & set(PRETRAIN_KEYS)) if nb in PER_ARM else []
+        clash = sorted((set(nb_spec) | overridden) & set(PRETRAIN_KEYS)) if per_arm else []
         if clash:
             raise GridError(
                 f"{nb}: {clash} belong in the profile's shared 'pretrain' block, so that later "
@@ -162,10 +193,20 @@ def expand(
                 continue
             upstream = list(by_dataset.get(ds, []))
             over = dict(per_dataset.get(ds) or {})
-            if nb in PER_ARM:
+            if per_arm:
+                shared = {k: v for k, v in pretrain.items() if k != "paired"}
                 for arm in over.pop("arms", arms):
-                    params = {**common, "dataset": ds, "arm": arm, **pretrain, **nb_spec, **over}
-                    jobs.append(Job(nb, f"{ds}__{_slug(arm)}", params, ds, upstream))
+                    params = {**common, "dataset": ds, "arm": arm, **shared, **nb_spec, **over}
+                    key = f"{ds}__{_slug(arm)}"
+                    if not pretrain.get("paired"):
+                        jobs.append(Job(nb, key, params, ds, upstream))
+                        continue
+                    # Pretraining replicates: one run per downstream seed (seed s of 02/03
+                    # uses the encoder pretrained with seed s).
+                    for seed in downstream_seeds(spec, ds):
+                        jobs.append(
+                            Job(nb, f"{key}__s{seed}", {**params, "seed": seed}, ds, upstream)
+                        )
             else:
                 params = {**common, "dataset": ds}
                 params.update({f"pretrain_{k}": v for k, v in pretrain.items()})
@@ -180,29 +221,33 @@ def expand(
     return jobs
 
 
-def _file_md5(path: Path) -> str:
-    from medstudy.data.loaders import file_md5
-
-    return file_md5(path)
+def downstream_seeds(spec: dict[str, Any], dataset: str) -> list[int]:
+    """Every seed a later notebook of the profile uses for ``dataset`` (its own ``seeds`` or a
+    ``per_dataset`` override), sorted: the pretraining replicates a paired profile needs."""
+    seeds: set[int] = set()
+    for nb, nb_spec in spec["notebooks"].items():
+        if NOTEBOOKS[nb].fan_out != "dataset" or not nb_spec:
+            continue
+        over = (nb_spec.get("per_dataset") or {}).get(dataset) or {}
+        seeds.update(over.get("seeds", nb_spec.get("seeds", [0])))
+    return sorted(seeds)
 
 
 def dataset_inputs(dataset: str | None, image_size: int) -> dict[str, str]:
     """md5 of the dataset file (the job's data input); generated sets have none."""
     if dataset is None:
         return {}
-    from medstudy.data.info import INFO
-
     info = INFO.get(dataset)
     name = info.filename(image_size) if info else f"{dataset}.npz"
     path = paths.data_dir() / name
-    return {name: _file_md5(path)} if path.exists() else {}
+    return {name: file_md5(path)} if path.exists() else {}
 
 
 def job_hash(job: Job, root: Path) -> str:
     notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
     upstream = {}
     for name in job.upstream:
-        stamp = root / "executed" / f"{name}.done.json"
+        stamp = paths.executed_dir(root) / f"{name}.done.json"
         upstream[name] = json.loads(stamp.read_text())["hash"] if stamp.exists() else None
     payload = {
         "params": job.params,
@@ -223,9 +268,7 @@ def is_finished(job: Job, root: Path) -> bool:
 
 def execute(job: Job, root: Path) -> float:
     """Run one job with papermill; returns wall seconds. Raises on failure."""
-    import papermill as pm
-
-    from medstudy.results import atomic_write, now_iso, write_json
+    import papermill as pm  # imported here: it starts slowly and only a run needs it
 
     notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
     out = job.output(root)
@@ -262,8 +305,6 @@ def run(
 ) -> int:
     spec = load_profile(profile)
     if datasets:
-        from medstudy.config import validate_dataset
-
         for ds in datasets:
             validate_dataset(ds)
     jobs = expand(spec, only, datasets)
@@ -309,19 +350,11 @@ def run(
 
 def validate_jobs(jobs: Sequence[Job]) -> None:
     """Check every job's parameters against its stage config before any work."""
-    from medstudy import config as cfgmod
-
     for job in jobs:
-        cls = {
-            "01_pretrain": cfgmod.PretrainConfig,
-            "02_transfer": cfgmod.TransferConfig,
-            "03_label_efficiency": cfgmod.TransferConfig,
-            "07_robustness_stats": cfgmod.ClaimsConfig,
-        }.get(job.notebook)
-        if cls is None:
+        if job.notebook not in NOTEBOOKS:
             raise GridError(f"{job.notebook}: no such notebook in this version of medstudy")
         try:
-            cls.from_params(**job.params)
+            NOTEBOOKS[job.notebook].config.from_params(**job.params)
         except (ValueError, TypeError) as err:
             raise GridError(f"profile job {job.name}: {err}") from None
         if not (paths.notebooks_dir() / f"{job.notebook}.ipynb").exists():

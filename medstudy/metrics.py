@@ -18,25 +18,32 @@ sklearn provides every metric here except the ECE and the referable-DR AUC.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats as sps
 from sklearn import metrics as skm
 
 __all__ = [
     "BINARY",
+    "METRICS",
     "MULTI_CLASS",
     "MULTI_LABEL",
     "ORDINAL",
     "PRIMARY_METRIC",
     "TASKS",
+    "ConditionMetric",
+    "MetricSpec",
     "accuracy",
     "auc_score",
     "balanced_accuracy",
     "compute_metrics",
     "expected_calibration_error",
+    "get_metric",
     "macro_f1",
     "predict",
     "quadratic_kappa",
@@ -62,6 +69,10 @@ PRIMARY_METRIC: dict[str, str] = {
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
+#: Val metrics that may select the fine-tuning epoch (higher is better); "" = the task's primary.
+SELECT_METRICS: tuple[str, ...] = ("", "auc", "accuracy", "balanced_accuracy", "macro_f1", "qwk")
+
+
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(repr(t) for t in TASKS)}")
@@ -294,6 +305,168 @@ def _ece_multilabel(y: np.ndarray, s: np.ndarray, n_bins: int) -> float:
     return float(np.mean(vals))
 
 
+# --------------------------------------------------------------------------------------------
+# The METRICS registry: every table, plot and claim reads its metrics here
+# --------------------------------------------------------------------------------------------
+#: ``fn(y (N,) or (N, L), scores (N, C, K)) -> (C,)``: a metric at each of C conditions
+#: (seeds, label fractions, distortions) scored on the same cases.
+ConditionMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _auc(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    return auc_score(task, y, s)
+
+
+def _accuracy(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    return accuracy(task, y, s)
+
+
+def _balanced_accuracy(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    return balanced_accuracy(task, y, s)
+
+
+def _macro_f1(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    return macro_f1(task, y, s)
+
+
+def _ece(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    if task == MULTI_LABEL:
+        yy, ss = _prepare(task, y, s)
+        return _ece_multilabel(yy, ss, 15)
+    return expected_calibration_error(y, s)
+
+
+def _qwk(task: str, y: npt.ArrayLike, s: npt.ArrayLike, k: int) -> float:
+    return quadratic_kappa(y, predict(task, s), k)
+
+
+def _referable(threshold_grade: int) -> Callable[[str, npt.ArrayLike, npt.ArrayLike, int], float]:
+    return lambda task, y, s, k: referable_auc(y, s, threshold_grade)
+
+
+def _auc_per_condition(task: str, n_classes: int) -> ConditionMetric:
+    """AUC at every condition. Binary: one midrank pass over all conditions at once
+    (Mann-Whitney, ties count 1/2; equals :func:`auc_score` when both classes occur); other
+    tasks: :func:`auc_score` per condition."""
+    if task == BINARY:
+
+        def binary(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+            pos = np.asarray(y).ravel().astype(bool)
+            m = int(pos.sum())
+            n = pos.size - m
+            ranks = sps.rankdata(s[:, :, 1], axis=0)
+            return (ranks[pos].sum(axis=0) - m * (m + 1) / 2.0) / (m * n)
+
+        return binary
+    return lambda y, s: np.array([auc_score(task, y, s[:, c]) for c in range(s.shape[1])])
+
+
+def _qwk_per_condition(task: str, n_classes: int) -> ConditionMetric:
+    """Quadratic kappa of the argmax grade with labels ``range(K)`` at every condition; equals
+    :func:`quadratic_kappa` but costs one bincount (bootstraps call it thousands of times)."""
+    k = n_classes
+    grid = np.arange(k)
+    weights = (grid[:, None] - grid[None, :]) ** 2 / float((k - 1) ** 2)
+
+    def qwk(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+        yt = np.asarray(y).ravel()
+        out = np.empty(s.shape[1])
+        for c in range(s.shape[1]):
+            cm = np.bincount(yt * k + np.argmax(s[:, c], axis=1), minlength=k * k).reshape(k, k)
+            expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
+            den = float(np.sum(weights * expected))
+            out[c] = 1.0 - float(np.sum(weights * cm)) / den if den > 0 else math.nan
+        return out
+
+    return qwk
+
+
+def _uniform_guess(task: str, n_classes: int) -> float:
+    # a uniformly random guess: 1/K of the classes, or one of two outcomes per label
+    return 0.5 if task == MULTI_LABEL else 1.0 / n_classes
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of the study.
+
+    ``compute(task, y_true, scores, n_classes) -> float`` follows the module's data contract;
+    ``higher_is_better``; ``chance(task, n_classes)`` is the value of an uninformative model
+    (NaN where it depends on the class prevalence, or for a lower-is-better error);
+    the metric is reported for ``tasks`` (and, if ``n_classes`` is set, only with that many
+    classes). ``batched(task, n_classes)``, if given, is a fast ``ConditionMetric`` equal to
+    ``compute`` at every condition (tests check the equality); :meth:`per_condition` falls back
+    to calling ``compute`` per condition.
+    """
+
+    name: str
+    compute: Callable[[str, npt.ArrayLike, npt.ArrayLike, int], float]
+    higher_is_better: bool
+    chance: Callable[[str, int], float]
+    tasks: tuple[str, ...]
+    n_classes: int | None = None
+    batched: Callable[[str, int], ConditionMetric] | None = None
+    description: str = ""
+
+    def applies(self, task: str, n_classes: int) -> bool:
+        return task in self.tasks and self.n_classes in (None, n_classes)
+
+    def per_condition(self, task: str, n_classes: int) -> ConditionMetric:
+        """``fn(y, scores (N, C, K)) -> (C,)``: the metric at each of C conditions."""
+        if self.batched is not None:
+            return self.batched(task, n_classes)
+        return lambda y, s: np.array(
+            [self.compute(task, y, s[:, c], n_classes) for c in range(s.shape[1])]
+        )
+
+
+METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec(
+            "auc", _auc, True, lambda t, k: 0.5, TASKS, batched=_auc_per_condition,
+            description="ROC AUC (macro one-vs-rest; mean per label for multi-label)",
+        ),
+        MetricSpec(
+            "accuracy", _accuracy, True, _uniform_guess, TASKS,
+            description="accuracy of the argmax (multi-label: per label at p > 0.5)",
+        ),
+        MetricSpec(
+            "balanced_accuracy", _balanced_accuracy, True, _uniform_guess, TASKS,
+            description="mean per-class recall",
+        ),
+        MetricSpec(
+            "macro_f1", _macro_f1, True, lambda t, k: math.nan, TASKS,
+            description="macro F1 over all classes",
+        ),
+        MetricSpec(
+            "ece", _ece, False, lambda t, k: math.nan, TASKS,
+            description="top-label expected calibration error, 15 bins (lower is better)",
+        ),
+        MetricSpec(
+            "qwk", _qwk, True, lambda t, k: 0.0, (ORDINAL,), batched=_qwk_per_condition,
+            description="quadratic-weighted Cohen's kappa of the argmax grade",
+        ),
+        MetricSpec(
+            "referable_auc", _referable(2), True, lambda t, k: 0.5, (ORDINAL,), n_classes=5,
+            description="AUC of referable DR, grade >= 2 (5-grade DR scale)",
+        ),
+        MetricSpec(
+            "referable_auc_ge3", _referable(3), True, lambda t, k: 0.5, (ORDINAL,), n_classes=5,
+            description="AUC of referable DR as grades 3-4 (the DR study's definition)",
+        ),
+    )
+}  # fmt: skip
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The registry row for ``name``; an unknown name raises ``ValueError`` listing the valid."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; valid: {list(METRICS)}") from None
+
+
 def compute_metrics(
     task: str,
     y_true: npt.ArrayLike,
@@ -301,7 +474,7 @@ def compute_metrics(
     n_classes: int,
     dataset: str | None = None,
 ) -> dict[str, float]:
-    """All metrics reported for one (task, predictions) pair.
+    """Every metric of ``METRICS`` that applies to the task, in registry order.
 
     Always: ``auc``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``ece`` (definitions in
     the functions above; multi-label: mean per-label AUC, mean per-label accuracy at 0.5, mean
@@ -315,19 +488,8 @@ def compute_metrics(
     where = f" ({dataset})" if dataset else ""
     if s.shape[1] != n_classes:
         raise ValueError(f"n_classes={n_classes} but scores have {s.shape[1]} columns{where}")
-    out: dict[str, float] = {
-        "auc": auc_score(task, y, s),
-        "accuracy": accuracy(task, y, s),
-        "balanced_accuracy": balanced_accuracy(task, y, s),
-        "macro_f1": macro_f1(task, y, s),
+    return {
+        name: spec.compute(task, y, s, n_classes)
+        for name, spec in METRICS.items()
+        if spec.applies(task, n_classes)
     }
-    if task == MULTI_LABEL:
-        out["ece"] = _ece_multilabel(y, s, 15)
-        return out
-    out["ece"] = expected_calibration_error(y, s)
-    if task == ORDINAL:
-        out["qwk"] = quadratic_kappa(y, predict(task, s), n_classes)
-        if n_classes == 5:
-            out["referable_auc"] = referable_auc(y, s, threshold_grade=2)
-            out["referable_auc_ge3"] = referable_auc(y, s, threshold_grade=3)
-    return out

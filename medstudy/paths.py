@@ -50,9 +50,9 @@ def run_dir(stage: str, run_id: str) -> Path:
     return stage_dir(stage) / run_id
 
 
-def executed_dir() -> Path:
-    """Executed notebooks written by papermill."""
-    return results_dir() / "executed"
+def executed_dir(root: Path | None = None) -> Path:
+    """Executed notebooks written by papermill (under ``root``, default the results dir)."""
+    return (root or results_dir()) / "executed"
 
 
 def notebooks_dir() -> Path:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -60,6 +61,11 @@ PREDICTION_KEYS: tuple[str, ...] = (
     "severity",
 )
 DONE_FILE = "DONE"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.csv"
+PREDICTIONS_FILE = "predictions.parquet"
+DETAILS_FILE = "details.json"
 PACKAGES: tuple[str, ...] = (
     "numpy",
     "scipy",
@@ -213,15 +219,15 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / DONE_FILE).unlink(missing_ok=True)
         self._t0, self._start = time.perf_counter(), now_iso()
-        write_json(self.dir / "config.json", self.config)
+        write_json(self.dir / CONFIG_FILE, self.config)
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             return  # no DONE marker: the run is unfinished and will be recomputed
         if self._metrics:
-            write_metrics(self.dir / "metrics.csv", self._metrics)
-        write_json(self.dir / "manifest.json", self.manifest())
+            write_metrics(self.dir / METRICS_FILE, self._metrics)
+        write_json(self.dir / MANIFEST_FILE, self.manifest())
         atomic_write_text(self.dir / DONE_FILE, now_iso() + "\n")
 
     def manifest(self) -> dict[str, Any]:
@@ -246,8 +252,12 @@ class Run:
     def log_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self._metrics.extend(dict(r) for r in rows)
 
-    def save_predictions(self, df: pd.DataFrame, name: str = "predictions.parquet") -> Path:
+    def save_predictions(self, df: pd.DataFrame, name: str = PREDICTIONS_FILE) -> Path:
         return write_predictions(self.dir / name, df)
+
+    def save_details(self, details: Mapping[str, Any]) -> Path:
+        """The protocol's choices and facts of the run (selected L2, best epoch, n_train, …)."""
+        return write_json(self.dir / DETAILS_FILE, details)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -317,7 +327,7 @@ def _collect(
 
 def collect_metrics(stage: str | None = None, root: Path | None = None) -> pd.DataFrame:
     """All finished runs' metrics.csv concatenated (``stage=None``: every stage)."""
-    pattern = f"{stage}/*/metrics.csv" if stage else "*/*/metrics.csv"
+    pattern = f"{stage}/*/{METRICS_FILE}" if stage else f"*/*/{METRICS_FILE}"
     return _collect(pattern, pd.read_csv, [*METRIC_COLUMNS, "run_id"], root)
 
 
@@ -325,3 +335,94 @@ def collect_predictions(stage: str | None = None, root: Path | None = None) -> p
     """All finished runs' predictions concatenated, with a ``run_id`` column."""
     pattern = f"{stage}/*/*.parquet" if stage else "*/*/*.parquet"
     return _collect(pattern, pd.read_parquet, [*PREDICTION_KEYS, "sample_id", "run_id"], root)
+
+
+# ------------------------------------------------------------------- reading finished runs --
+def _run_dir(stage: str, rid: str, root: Path | None) -> Path:
+    return (root / stage / rid) if root is not None else paths.run_dir(stage, rid)
+
+
+def finished_run_ids(stage: str, root: Path | None = None) -> list[str]:
+    """The run ids of ``stage`` that are finished (hold a DONE marker), sorted."""
+    base = (root or paths.results_dir()) / stage
+    return sorted(p.parent.name for p in base.glob(f"*/{DONE_FILE}"))
+
+
+def has_finished_runs(stage: str, root: Path | None = None) -> bool:
+    return bool(finished_run_ids(stage, root))
+
+
+def read_config(stage: str, rid: str, root: Path | None = None) -> dict[str, Any]:
+    """The resolved config a run was computed from (``{}`` if the run has none)."""
+    path = _run_dir(stage, rid, root) / CONFIG_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_details(stage: str, rid: str, root: Path | None = None) -> dict[str, Any]:
+    """A run's details (the protocol's choices; ``{}`` if it wrote none)."""
+    path = _run_dir(stage, rid, root) / DETAILS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_metrics(stage: str, rid: str, root: Path | None = None) -> pd.DataFrame:
+    """A finished run's tidy metrics with a ``run_id`` column; an unfinished run is an error."""
+    run_dir = _run_dir(stage, rid, root)
+    if not (run_dir / DONE_FILE).exists():
+        raise FileNotFoundError(f"{run_dir}: not a finished run (no {DONE_FILE} marker)")
+    return pd.read_csv(run_dir / METRICS_FILE).assign(run_id=rid)
+
+
+def read_predictions(stage: str, rid: str, root: Path | None = None) -> pd.DataFrame:
+    """A finished run's per-sample predictions; an unfinished run is an error."""
+    run_dir = _run_dir(stage, rid, root)
+    if not (run_dir / DONE_FILE).exists():
+        raise FileNotFoundError(f"{run_dir}: not a finished run (no {DONE_FILE} marker)")
+    return pd.read_parquet(run_dir / PREDICTIONS_FILE)
+
+
+def copy_run(rid: str, src_stage: str, dst_stage: str) -> Path:
+    """Copy the finished run ``src_stage/rid`` to ``dst_stage/rid`` (same computation, another
+    stage's folder): the ``stage`` column of its metrics and predictions is rewritten and
+    ``details`` records the origin; the manifest is kept as is (it describes the computation
+    that ran). The DONE marker is written last, so an interrupted copy is never finished."""
+    src, dst = paths.run_dir(src_stage, rid), paths.run_dir(dst_stage, rid)
+    if not (src / DONE_FILE).exists():
+        raise FileNotFoundError(f"{src}: not a finished run (no {DONE_FILE} marker)")
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / DONE_FILE).unlink(missing_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.name == DONE_FILE or f.name.startswith("."):
+            continue
+        if f.name == METRICS_FILE:
+            df = pd.read_csv(f).assign(stage=dst_stage)
+            atomic_write(dst / f.name, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        elif f.suffix == ".parquet":
+            df = pd.read_parquet(f).assign(stage=dst_stage)
+            atomic_write(dst / f.name, lambda tmp, df=df: df.to_parquet(tmp, index=False))
+        elif f.name == DETAILS_FILE:
+            details = {**json.loads(f.read_text()), "copied_from": f"{src_stage}/{rid}"}
+            write_json(dst / f.name, details)
+        elif f.is_file():
+            atomic_write(dst / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
+    atomic_write_text(dst / DONE_FILE, now_iso() + "\n")
+    return dst
+
+
+def find_runs(stage: str, where: Mapping[str, Any], root: Path | None = None) -> list[str]:
+    """Finished runs of ``stage`` whose config matches every ``key: value`` of ``where``
+    (floats compared to 1e-9), sorted. Later stages find their inputs this way, never by
+    opening run folders themselves."""
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float) or isinstance(b, float):
+            try:
+                return abs(float(a) - float(b)) < 1e-9
+            except (TypeError, ValueError):
+                return False
+        return a == b
+
+    return [
+        rid
+        for rid in finished_run_ids(stage, root)
+        if all(same(read_config(stage, rid, root).get(k), v) for k, v in where.items())
+    ]

@@ -1,4 +1,4 @@
-"""Statistics for the study: AUC, DeLong, stratified bootstraps, seed aggregation, multiplicity.
+"""Statistics for the study: AUC, DeLong, stratified bootstraps, seeds x cases, multiplicity.
 
 All functions are pure functions of numpy arrays. Randomness only enters through an explicit
 ``seed: int | np.random.Generator`` argument (``np.random.default_rng(seed)``; a Generator passed
@@ -24,6 +24,10 @@ References
   (stratified resampling and its BCa acceleration).
 - Saravanan, Berman & Sober (2020), "Application of the hierarchical bootstrap to multi-level
   data in neuroscience", Neurons, Behavior, Data analysis, and Theory 3(5).
+- Satterthwaite (1946), Biometrics Bulletin 2:110-114; Welch (1947), Biometrika 34:28-35
+  (approximate degrees of freedom of a sum of variance estimates).
+- Bouthillier et al. (2021), "Accounting for variance in machine learning benchmarks", MLSys
+  (training-seed and test-sample variance of a benchmark comparison).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import stats as sps
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
 __all__ = [
     "Alternative",
@@ -45,6 +49,7 @@ __all__ = [
     "DeLongResult",
     "Metric",
     "PairedBootstrapResult",
+    "SeedCaseResult",
     "SeedSummary",
     "adjust_pvalues",
     "aggregate_seeds",
@@ -57,7 +62,9 @@ __all__ = [
     "delong_test_unpaired",
     "hierarchical_bootstrap_diff",
     "label_efficiency_slope",
+    "minimum_detectable_effect",
     "paired_bootstrap",
+    "seed_case_test",
 ]
 
 Alternative = Literal["two-sided", "greater", "less"]
@@ -68,6 +75,10 @@ Seed = int | np.random.Generator
 _ALTERNATIVES: tuple[str, ...] = ("two-sided", "greater", "less")
 _BOOT_METHODS: tuple[str, ...] = ("bca", "percentile")
 _PADJ_METHODS: tuple[str, ...] = ("holm", "fdr_bh")
+# A case bootstrap whose metric is undefined (NaN) on more than this share of replicates no longer
+# describes the sampling distribution of the statistic (it conditions on the resamples where the
+# metric exists): seed_case_test raises instead of silently using the rest.
+_MAX_NAN_BOOT_SHARE: float = 0.1
 # Upper bound on the number of int64 elements of one chunk of resample indices (~32 MB): keeps
 # the bootstrap memory flat for large N while staying vectorised for the study's sizes.
 _CHUNK_ELEMENTS: int = 4_000_000
@@ -121,6 +132,40 @@ class PairedBootstrapResult:
     ci_high: float
     p_value: float
     n_boot: int
+
+
+@dataclass(frozen=True)
+class SeedCaseResult:
+    """Result of :func:`seed_case_test` (S >= 2 training seeds x shared test cases).
+
+    ``diff = estimate_a - estimate_b`` (means over seeds; direction A - B). ``[ci_low, ci_high]``
+    is the ``1 - alpha`` CI of diff (one-sided alternatives: the open side is +/-inf) and
+    ``p_value`` the p of H0: diff = 0; both come from one t statistic ``diff / se`` with ``df``
+    degrees of freedom, so for the two-sided test the CI excludes 0 iff ``p_value < alpha``.
+    ``se**2 = var_seed + var_case``: training (seed-to-seed) variance of the seed mean and
+    test-case sampling variance of the seed-averaged difference. ``mde`` is the minimum
+    detectable |diff| at 80 % power (:func:`minimum_detectable_effect`). ``test`` names the case
+    variance ("DeLong" or "stratified bootstrap"); ``n_boot_dropped`` counts NaN case-bootstrap
+    replicates (always 0 for DeLong).
+    """
+
+    estimate_a: float
+    estimate_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    df: float
+    se: float
+    var_seed: float
+    var_case: float
+    n_seeds: int
+    n_cases: int
+    mde: float
+    test: str
+    alpha: float = 0.05
+    alternative: str = "two-sided"
+    n_boot_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -584,7 +629,15 @@ def _boot_p(diff: float, boot: np.ndarray, alternative: str) -> float:
     """Bootstrap p-value of H0: diff = 0 from the replicate distribution *centred* at the
     estimate (it approximates the null distribution of the estimator; Hall & Wilson 1991),
     with the +1 correction so p is never 0: (1 + #{extreme}) / (1 + B). 'greater' = H1 A > B.
+
+    Non-finite replicates (a metric undefined on a resample) are dropped and B counts the finite
+    ones: a NaN compares False with everything, so kept it would count as non-extreme and bias p
+    towards 0. No finite replicate (or a non-finite ``diff``) gives p = NaN.
     """
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0 or not math.isfinite(diff):
+        return math.nan
     centred = boot - diff
     # tolerance so that exactly-equal (e.g. identical models) replicates count as extreme
     tol = 1e-12 * max(1.0, abs(diff))
@@ -808,6 +861,11 @@ def hierarchical_bootstrap_diff(
     Point estimates are the means over seeds of the full-data metrics; the CI is percentile (a
     jackknife BCa is not well defined for the two-level design); the p-value is computed as in
     :func:`paired_bootstrap`. ``metric="auc"`` is vectorised.
+
+    Superseded for verdicts by :func:`seed_case_test`: drawing S seeds with replacement
+    understates the seed variance by (S - 1) / S and the percentile tails are normal-like where
+    S = 3 seeds call for t_2, so this interval is anti-conservative for few seeds; and its p
+    (centred replicates) and CI (percentiles) can disagree.
     """
     _check_boot_args(n_boot, alpha, "percentile")
     _check_choice(alternative, _ALTERNATIVES, "alternative")
@@ -883,6 +941,274 @@ def hierarchical_bootstrap_diff(
     diff = float(np.mean(est_a - est_b))
     lo, hi = _interval(diff, boot, alpha, "percentile", 0.0)
     return PairedBootstrapResult(ea, eb, diff, lo, hi, _boot_p(diff, boot, alternative), n_boot)
+
+
+def minimum_detectable_effect(
+    se: float,
+    df: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    alternative: Alternative = "two-sided",
+) -> float:
+    """Smallest |difference| a t (or z) test with standard error ``se`` detects with ``power``.
+
+    ``MDE = (t_{1 - alpha/2, df} + t_{power, df}) * se`` for a two-sided test, with
+    ``t_{1 - alpha, df}`` for a one-sided one (the MDE then lies in H1's direction). ``df =
+    inf`` gives the normal quantiles (e.g. a single-seed DeLong row: 2.80 se at alpha = 0.05,
+    80 % power). This is the usual shifted-central-t approximation, which treats se as known and
+    ignores the far rejection tail; the exact noncentral-t power at this MDE is 0.77 for df = 2,
+    0.78 for df = 3 and >= 0.79 from df = 4 on (0.80 for large df). ``se = 0`` gives 0 and
+    ``se = NaN`` gives NaN (a row whose variance could not be estimated).
+    """
+    _check_alpha(alpha)
+    _check_choice(alternative, _ALTERNATIVES, "alternative")
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    if not df > 0.0:  # also rejects NaN
+        raise ValueError(f"df must be > 0 (inf for a normal reference), got {df}")
+    if math.isnan(se):
+        return math.nan
+    if se < 0.0:
+        raise ValueError(f"se must be >= 0, got {se}")
+    if se == 0.0:
+        return 0.0
+    level = 1.0 - alpha / 2.0 if alternative == "two-sided" else 1.0 - alpha
+    return float((stdtrit(df, level) + stdtrit(df, power)) * se)
+
+
+def _welch_df(parts: Sequence[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite df of a sum of independent variance estimates ``(v_i, df_i)``:
+    ``(sum v_i)^2 / sum(v_i^2 / df_i)``; zero parts carry no information and are skipped.
+    NaN if every part is zero (the caller decides what an all-zero variance means)."""
+    total = sum(v for v, _ in parts)
+    den = sum(v * v / d for v, d in parts if v > 0.0)
+    return total * total / den if den > 0.0 else math.nan
+
+
+def _t_inference(
+    diff: float, se: float, df: float, alpha: float, alternative: str
+) -> tuple[float, float, float]:
+    """p-value and CI of ``diff`` from the single statistic ``T = diff / se ~ t_df``.
+
+    Both invert the same T, so the two-sided CI excludes 0 exactly when p < alpha. se = 0 gives
+    T = +/-inf (p = 0 when diff lies in H1's direction, else 1) and a point CI; diff = se = 0
+    gives p = 1 (no evidence of any difference) for every alternative.
+    """
+    # scipy.special's t CDF / quantile (what scipy.stats.t wraps, ~50x less call overhead: the
+    # calibration simulations call this hundreds of thousands of times); df = inf is the normal.
+    t = _safe_ratio(diff, se)
+    if alternative == "two-sided":
+        p = float(2.0 * stdtr(df, -abs(t)))
+        half = float(stdtrit(df, 1.0 - alpha / 2.0)) * se
+        lo, hi = diff - half, diff + half
+    elif alternative == "greater":
+        p = float(stdtr(df, -t))
+        lo, hi = diff - float(stdtrit(df, 1.0 - alpha)) * se, math.inf
+    else:
+        p = float(stdtr(df, t))
+        lo, hi = -math.inf, diff + float(stdtrit(df, 1.0 - alpha)) * se
+    if se == 0.0 and diff == 0.0:
+        p = 1.0
+    return p, lo, hi
+
+
+def _check_same_cases(labels: Sequence[np.ndarray]) -> None:
+    """Every seed must be scored on the same test cases, in the same order."""
+    first = labels[0]
+    for k, y in enumerate(labels[1:], start=1):
+        if y.shape[0] != first.shape[0]:
+            raise ValueError(
+                "seed_case_test needs the same test cases for every seed: seed 0 has "
+                f"{first.shape[0]} cases, seed {k} has {y.shape[0]}"
+            )
+        if y.shape != first.shape or not np.array_equal(y, first):
+            raise ValueError(
+                f"seed_case_test needs the same test cases for every seed: y_true of seed {k} "
+                "differs from seed 0 (align the predictions by sample id first)"
+            )
+
+
+def _seed_case_delong(
+    per_seed: Sequence[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+) -> tuple[np.ndarray, np.ndarray, float, float, int]:
+    """Per-seed AUCs of A and B, DeLong variance of the seed-averaged AUC difference and its
+    Welch-Satterthwaite df over the two classes, and the number of cases."""
+    labels: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for y0, a0, b0 in per_seed:
+        y, (a, b) = _check_binary(y0, a0, b0, min_per_class=2)
+        labels.append(y)
+        rows.extend((a, b))
+    _check_same_cases(labels)
+    y = labels[0]
+    aucs, v10, v01 = _placements(y, np.vstack(rows))  # rows: A_1, B_1, A_2, B_2, ...
+    # The seed-averaged difference (1/S) sum_s (AUC_As - AUC_Bs) is a linear combination L of
+    # the 2S AUCs, and each AUC is the mean of its placements; so its DeLong variance L S L' is
+    # the DeLong variance of the averaged differenced placements -- exact, and free of the
+    # cancellation in expanding L S L'.
+    d10 = (v10[0::2] - v10[1::2]).mean(axis=0)
+    d01 = (v01[0::2] - v01[1::2]).mean(axis=0)
+    m, n = d10.size, d01.size
+    c10 = float(np.var(d10, ddof=1)) / m
+    c01 = float(np.var(d01, ddof=1)) / n
+    df_case = _welch_df([(c10, m - 1), (c01, n - 1)])
+    if math.isnan(df_case):  # no case variance at all; df_case is then never used for p or CI
+        df_case = float(m + n - 1)
+    return aucs[0::2], aucs[1::2], c10 + c01, df_case, m + n
+
+
+def _seed_case_bootstrap(
+    metric: Metric,
+    per_seed: Sequence[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+    n_boot: int,
+    seed: Seed,
+) -> tuple[np.ndarray, np.ndarray, float, float, int, int]:
+    """Per-seed metrics, class-stratified case-bootstrap variance of the seed-averaged
+    difference (one case resample per replicate shared by every seed and both arms), its df
+    (N - 1), the number of cases and the number of dropped NaN replicates."""
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2 for a bootstrap variance, got {n_boot}")
+    fn = _callable_metric(metric)
+    prepared = [_as_cases(y0, a0, b0) for y0, a0, b0 in per_seed]
+    _check_same_cases([y for y, _, _ in prepared])
+    y = prepared[0][0]
+    est_a = np.array([float(fn(y, a)) for _, a, _ in prepared])
+    est_b = np.array([float(fn(y, b)) for _, _, b in prepared])
+    if not (np.all(np.isfinite(est_a)) and np.all(np.isfinite(est_b))):
+        raise ValueError("metric is not finite on the full test set for some seed")
+    rng = np.random.default_rng(seed)
+    members = _strata(y)
+    boot = np.array(
+        [
+            np.mean([float(fn(y[r], a[r])) - float(fn(y[r], b[r])) for _, a, b in prepared])
+            for ix in _resample_chunks(members, n_boot, rng)
+            for r in ix
+        ],
+        dtype=np.float64,
+    )
+    finite = np.isfinite(boot)
+    n_dropped = int(boot.size - finite.sum())
+    if n_dropped > _MAX_NAN_BOOT_SHARE * n_boot or finite.sum() < 2:
+        raise ValueError(
+            f"metric is NaN on {n_dropped} of {n_boot} case-bootstrap replicates (more than "
+            f"{_MAX_NAN_BOOT_SHARE:.0%}): the case variance would be conditional on the "
+            "resamples where it is defined"
+        )
+    # df of a plug-in variance from N cases; the bootstrap gives no per-stratum split for a
+    # Welch-type df as the DeLong path has (for large N the two barely differ).
+    kept = boot[finite]
+    var_case = float(np.var(kept - kept[0], ddof=1))  # shifted: identical values give exactly 0
+    return est_a, est_b, var_case, float(y.shape[0] - 1), int(y.shape[0]), n_dropped
+
+
+def seed_case_test(
+    metric: Metric,
+    per_seed: Sequence[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: Seed = 0,
+    alternative: Alternative = "two-sided",
+) -> SeedCaseResult:
+    """Paired test of a seed-averaged difference ``metric(A) - metric(B)`` when each arm has
+    S >= 2 training seeds scored on the *same* test cases.
+
+    Data contract
+    -------------
+    ``per_seed``: S >= 2 tuples ``(y_true, scores_a, scores_b)``, one per training seed s (A
+    and B trained with seed s), every tuple on the same N test cases in the same order (equal
+    ``y_true``; ValueError otherwise). ``metric="auc"`` (or :func:`auc`): binary AUC, ``y_true``
+    (N,) 0/1 with positive class 1, scores (N,) higher = more positive, >= 2 cases per class.
+    A callable ``metric(y_true, scores) -> float`` takes any per-case layout (the module's
+    ``(N, ...)`` contract). The estimate is ``diff = mean_s d_s`` with
+    ``d_s = metric(y, A_s) - metric(y, B_s)``: direction A - B, so 'greater' is H1: A > B.
+
+    Two variance sources (Bouthillier et al. 2021)
+    -----------------------------------------------
+    - Training, seed to seed: ``var_seed = s_d^2 / S``, ``s_d^2`` the sample variance
+      (ddof=1) of the S per-seed differences d_s; it has S - 1 df.
+    - Test-case sampling of the *seed-averaged* difference, ``var_case``. For AUC: DeLong's
+      structural components (DeLong et al. 1988, via Sun & Xu 2014 midranks); the per-seed
+      placement differences are averaged over seeds before taking their variance, which is
+      exact because the averaged difference is linear in the placements. Its df is the
+      Welch-Satterthwaite df of the two class terms, ``(V10 + V01)^2 / (V10^2 / (m - 1) +
+      V01^2 / (n - 1))`` (m positives, n negatives): ~N - 2 for balanced classes, near m - 1 when
+      positives are rare (where a variance driven by few positives is indeed that uncertain).
+      Otherwise: a class-stratified case bootstrap (``n_boot`` replicates, ``seed``); each
+      replicate resamples the cases once and applies the same indices to every seed and both
+      arms, and ``var_case`` is the variance (ddof=1) of the replicate seed-averaged diffs; df
+      ``N - 1``. NaN replicates are dropped and counted (``n_boot_dropped``); more than 10 %
+      NaN raises ValueError.
+
+    Why these two add up: the seeds share the test cases, so the part of the case-sampling error
+    that is common to all seeds shifts every d_s alike and is absent from ``s_d^2``; ``var_seed``
+    sees training variance only, ``var_case`` sees the (shared) case error of the mean. The two
+    overlap only in case error specific to one seed (seed s's model errs on other cases than seed
+    t's), which both count: the sum over-estimates the variance of diff by that seed-specific part
+    / S in expectation, i.e. it errs on the conservative side (see
+    ``benchmarks/bench_seed_case.py`` for the calibration).
+
+    Small-sample correction: ``T = diff / se`` with ``se^2 = var_seed + var_case`` is referred
+    to a t distribution with Welch-Satterthwaite df (Satterthwaite 1946; Welch 1947),
+    ``df = se^4 / (var_seed^2 / (S - 1) + var_case^2 / df_case)``. When training variance
+    dominates, df -> S - 1 (the one-sample t-test over seeds; with no case variance the result
+    *is* ``scipy.stats.ttest_1samp`` of the d_s); when case variance dominates, df -> df_case
+    (~ the paired DeLong z test). ``var_seed = 0`` gives df = df_case. p and CI invert this one
+    T, so the two-sided CI excludes 0 iff p < alpha; one-sided alternatives give a one-sided p
+    and a one-sided CI (the other bound +/-inf). ``se = 0`` (no variance at all): p = 1 if
+    diff = 0, else 0 if diff lies in H1's direction (1 if it does not), and the CI is the point
+    diff.
+
+    Why this and not :func:`hierarchical_bootstrap_diff`: resampling S seeds with replacement
+    shrinks the seed variance by (S - 1) / S and its percentile CI has normal-like tails where S
+    = 3 seeds call for t_2 (anti-conservative), and its p (centred replicates) and CI
+    (percentiles) can disagree. Here every ingredient is closed form for AUC (no Monte Carlo
+    error, deterministic) and the error rate is checked by simulation in the tests and the
+    benchmark.
+    """
+    _check_alpha(alpha)
+    _check_choice(alternative, _ALTERNATIVES, "alternative")
+    n_seeds = len(per_seed)
+    if n_seeds < 2:
+        raise ValueError(
+            f"seed_case_test needs S >= 2 training seeds, got S={n_seeds} "
+            "(for one seed use delong_test or paired_bootstrap)"
+        )
+    if _is_auc_metric(metric):
+        est_a, est_b, var_case, df_case, n_cases = _seed_case_delong(per_seed)
+        n_dropped, case_name = 0, "DeLong"
+    else:
+        est_a, est_b, var_case, df_case, n_cases, n_dropped = _seed_case_bootstrap(
+            metric, per_seed, n_boot, seed
+        )
+        case_name = "stratified bootstrap"
+    d = est_a - est_b
+    diff = float(d.mean())
+    # shifted by d[0] (variance unchanged): identical per-seed differences give exactly 0, not
+    # the rounding residue of their mean
+    var_seed = float(np.var(d - d[0], ddof=1)) / n_seeds
+    var = var_seed + var_case
+    df = df_case if var_seed == 0.0 else _welch_df([(var_seed, n_seeds - 1), (var_case, df_case)])
+    se = math.sqrt(var)
+    p, lo, hi = _t_inference(diff, se, df, alpha, alternative)
+    return SeedCaseResult(
+        estimate_a=float(est_a.mean()),
+        estimate_b=float(est_b.mean()),
+        diff=diff,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=p,
+        df=float(df),
+        se=se,
+        var_seed=var_seed,
+        var_case=var_case,
+        n_seeds=n_seeds,
+        n_cases=n_cases,
+        mde=minimum_detectable_effect(se, df, alpha, 0.8, alternative),
+        test=f"seed-case t ({case_name} cases + seed variance, Welch-Satterthwaite df)",
+        alpha=alpha,
+        alternative=alternative,
+        n_boot_dropped=n_dropped,
+    )
 
 
 # --------------------------------------------------------------------------------------------

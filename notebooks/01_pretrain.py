@@ -22,37 +22,26 @@
 #   `history.csv` and the encoder checkpoint. Re-running loads the cached run.
 
 # %% tags=["parameters"]
-dataset = "synth_lesions"  # a key of medstudy.data.INFO, or a MedMNIST-format <name>.npz
-arm = "ssl:simclr"  # scratch | natural_sup | ssl:<method> | natural_sup+ssl:<method> | curriculum
-backbone = "resnet20_cifar"  # a key of medstudy.models.BACKBONES, or "timm:<model>"
-image_size = 28  # pixels (MedMNIST sizes: 28, 64, 128, 224)
-epochs = 1  # pretraining epochs; 0 trains nothing (init only)
-batch_size = 256  # images per step
-lr = 0.06  # base learning rate
-natural_lr_mult = 1.0  # natural_sup+ssl arms: backbone LR is lr times this (heads: lr)
-max_train = 512  # cap on train images, stratified and seeded; 0 means all
-curriculum = ["simclr:1", "spark:1"]  # method:epochs stages, used by the curriculum arm
-seed = 0  # seeds init, sampling, augmentation and batch order
-device = "cpu"  # cpu | cuda | auto (never changed silently)
-views_method = "simclr"  # the SSL recipe whose augmented views are shown (display only)
+dataset: str = "synth_lesions"  # a key of medstudy.data.INFO, or a MedMNIST-format <name>.npz
+arm: str = (
+    "ssl:simclr"  # scratch | natural_sup | ssl:<method> | natural_sup+ssl:<method> | curriculum
+)
+backbone: str = "resnet20_cifar"  # a key of medstudy.models.BACKBONES, or "timm:<model>"
+image_size: int = 28  # pixels (MedMNIST sizes: 28, 64, 128, 224)
+epochs: int = 1  # pretraining epochs; 0 trains nothing (init only)
+batch_size: int = 256  # images per step
+lr: float = 0.06  # base learning rate
+natural_lr_mult: float = 1.0  # natural_sup+ssl arms: backbone LR is lr times this (heads: lr)
+max_train: int = 512  # cap on train images, stratified and seeded; 0 means all
+curriculum: list[str] = ["simclr:1", "spark:1"]  # method:epochs stages, used by the curriculum arm
+seed: int = 0  # seeds init, sampling, augmentation and batch order
+device: str = "cpu"  # cpu | cuda | auto (never changed silently)
+views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
 
 # %%
 from medstudy.config import PretrainConfig
 
-cfg = PretrainConfig.from_params(
-    dataset=dataset,
-    arm=arm,
-    backbone=backbone,
-    image_size=image_size,
-    epochs=epochs,
-    batch_size=batch_size,
-    lr=lr,
-    natural_lr_mult=natural_lr_mult,
-    max_train=max_train,
-    curriculum=curriculum,
-    seed=seed,
-    device=device,
-)
+cfg = PretrainConfig.from_namespace(globals())  # the parameters above, type-checked
 cfg
 
 # %% [markdown]
@@ -77,9 +66,9 @@ examples = plot_dataset_examples(cfg.dataset, cfg.image_size, n=8, seed=cfg.seed
 # parameters from an explicit generator; grey X-rays get no colour jitter.
 
 # %%
-from medstudy.ssl import plot_views
+from medstudy.pretrain import plot_views
 
-views = plot_views(cfg.dataset, views_method, n=6, seed=cfg.seed)
+views = plot_views(cfg.dataset, cfg.views_method, n=6, seed=cfg.seed)
 
 # %% [markdown]
 # ## Pretraining
@@ -88,13 +77,13 @@ views = plot_views(cfg.dataset, views_method, n=6, seed=cfg.seed)
 # accuracy is the baseline the SSL arms have to beat.
 
 # %%
-from medstudy.ssl import pretrain
+from medstudy.pretrain import pretrain
 
 result = pretrain(cfg)
 result.metrics
 
 # %%
-from medstudy.ssl import plot_history
+from medstudy.pretrain import plot_history
 
 curves = plot_history(result.history)
 

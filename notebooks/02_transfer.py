@@ -40,6 +40,10 @@ finetune_min_steps: int = 1  # min steps per fine-tuning epoch (tiny fractions r
 patience: int = 5  # epochs without a better val primary metric before stopping
 batch_size: int = 128  # fine-tuning batch size
 max_train: int = 0  # cap on train images (stratified, fixed seed), 0 for the whole split
+fractions_of: str = (
+    "pool"  # pool: fractions of the max_train-capped pool; split: of the whole split
+)
+val_labels: str = "full"  # full: select on the whole val split; fraction: on a same-fraction subset
 fusion_arms: list[str] = []  # two or more arms fused by DVME (empty: no fusion)
 fusion_modes: list[str] = ["encoders", "dims", "concat"]  # DVME token layouts + ablation
 backbone: str = "resnet20_cifar"  # backbone of every arm
@@ -48,54 +52,24 @@ pretrain_epochs: int = 1  # notebook 01's settings, to find its checkpoints …
 pretrain_batch_size: int = 256  # … (they are part of each encoder's identity)
 pretrain_lr: float = 0.06  # notebook 01 learning rate
 pretrain_natural_lr_mult: float = 1.0  # notebook 01 backbone LR factor (natural init)
-pretrain_max_train: int = 0  # notebook 01 train cap
+pretrain_max_train: int = 512  # notebook 01 train cap
 pretrain_curriculum: list[str] = ["simclr:1", "spark:1"]  # notebook 01 curriculum stages
 pretrain_seed: int = 0  # seed of the pretrained encoders
+pretrain_paired: bool = False  # seed s uses the encoder pretrained with seed s (replicates)
 device: str = "cpu"  # cpu, cuda (an error without a GPU) or auto
 n_boot: int = 500  # bootstrap replicates of the bar chart's 95 % CIs
 
 # %%
 # %matplotlib inline
 from medstudy.config import TransferConfig
-from medstudy.evaluate import (
+from medstudy.figures import (
     plot_transfer,
     primary_metric,
-    run_transfer,
     transfer_table,
-    unit_paths,
 )
+from medstudy.transfer import run_transfer, unit_paths
 
-cfg = TransferConfig.from_params(
-    dataset=dataset,
-    arms=arms,
-    protocols=protocols,
-    fractions=fractions,
-    seeds=seeds,
-    finetune_arms=finetune_arms,
-    finetune_fractions=finetune_fractions,
-    finetune_epochs=finetune_epochs,
-    finetune_lr=finetune_lr,
-    backbone_lr_mult=backbone_lr_mult,
-    warmup_frozen_epochs=warmup_frozen_epochs,
-    finetune_augment=finetune_augment,
-    finetune_select_on=finetune_select_on,
-    finetune_min_steps=finetune_min_steps,
-    patience=patience,
-    batch_size=batch_size,
-    max_train=max_train,
-    fusion_arms=fusion_arms,
-    fusion_modes=fusion_modes,
-    backbone=backbone,
-    image_size=image_size,
-    pretrain_epochs=pretrain_epochs,
-    pretrain_batch_size=pretrain_batch_size,
-    pretrain_lr=pretrain_lr,
-    pretrain_natural_lr_mult=pretrain_natural_lr_mult,
-    pretrain_max_train=pretrain_max_train,
-    pretrain_curriculum=pretrain_curriculum,
-    pretrain_seed=pretrain_seed,
-    device=device,
-)
+cfg = TransferConfig.from_namespace(globals())  # the parameters above, type-checked
 cfg
 
 # %% [markdown]
@@ -116,7 +90,7 @@ transfer_table(metrics, split="test")
 # arm `fusion`.
 
 # %%
-plot_transfer(metrics, primary_metric(cfg.dataset), split="test", n_boot=n_boot)
+plot_transfer(metrics, primary_metric(cfg.dataset), split="test", n_boot=cfg.n_boot)
 
 # %% [markdown]
 # ## Files written

@@ -23,24 +23,19 @@
 #   tables, macros and figures in `<results>/paper/generated/` (and the PDF if LaTeX is installed).
 
 # %% tags=["parameters"]
-alpha = 0.05  # significance level for the verdicts; CIs are (1 - alpha)
-correction = "holm"  # multiplicity correction within each claim: holm | fdr_bh
-n_boot = 2000  # bootstrap replicates (hierarchical and paired bootstraps)
-seed = 0  # seeds every bootstrap
-profile = "quick"  # the profile whose results are analysed (recorded in claims.csv and the paper)
-datasets = []  # datasets to test; empty means every dataset with results
+alpha: float = 0.05  # significance level for the verdicts; CIs are (1 - alpha)
+correction: str = "holm"  # multiplicity correction within each claim: holm | fdr_bh
+n_boot: int = 2000  # bootstrap replicates (hierarchical and paired bootstraps)
+seed: int = 0  # seeds every bootstrap
+profile: str = (
+    "quick"  # the profile whose results are analysed (recorded in claims.csv and the paper)
+)
+datasets: list[str] = []  # datasets to test; empty means every dataset with results
 
 # %%
 from medstudy.config import ClaimsConfig
 
-cfg = ClaimsConfig.from_params(
-    alpha=alpha,
-    correction=correction,
-    n_boot=n_boot,
-    seed=seed,
-    profile=profile,
-    datasets=datasets,
-)
+cfg = ClaimsConfig.from_namespace(globals())  # the parameters above, type-checked
 cfg
 
 # %% [markdown]

@@ -15,7 +15,8 @@ from statsmodels.stats.multitest import multipletests
 from medstudy import claims as cl
 from medstudy import stats
 from medstudy.config import ClaimsConfig
-from medstudy.metrics import quadratic_kappa
+from medstudy.figures import plot_forest
+from medstudy.metrics import METRICS, quadratic_kappa
 
 CFG = ClaimsConfig(n_boot=199, seed=0)
 PNEU = "pneumoniamnist"
@@ -303,12 +304,12 @@ def test_condition_metrics_equal_the_reference_metrics() -> None:
     rng = np.random.default_rng(0)
     y5 = rng.integers(0, 5, size=80)
     s5 = rng.dirichlet(np.ones(5), size=(80, 3))
-    qwk = cl.METRIC_FNS["qwk"]("ordinal-regression", 5)(y5, s5)
+    qwk = METRICS["qwk"].per_condition("ordinal-regression", 5)(y5, s5)
     ref = [quadratic_kappa(y5, s5[:, c].argmax(1), 5) for c in range(3)]
     np.testing.assert_allclose(qwk, ref)
     y2 = rng.integers(0, 2, size=80)
     s2 = np.round(rng.random((80, 3, 2)), 1)  # ties
-    aucs = cl.METRIC_FNS["auc"]("binary-class", 2)(y2, s2)
+    aucs = METRICS["auc"].per_condition("binary-class", 2)(y2, s2)
     np.testing.assert_allclose(aucs, [stats.auc(y2, s2[:, c, 1]) for c in range(3)])
 
 
@@ -330,7 +331,7 @@ def test_save_load_forest_and_inventory(results_tmp: Path) -> None:
     back = cl.load_claims(results_tmp)
     pd.testing.assert_series_equal(back["verdict"], df["verdict"])
     assert len(back.attrs["per_seed"]) == len(df.attrs["per_seed"])
-    fig = cl.plot_forest(df)
+    fig = plot_forest(df)
     assert len(fig.axes) == 1  # only C1 was tested
     inv = cl.inventory(results_tmp)
     assert set(inv["arm"]) == {"natural_sup", "scratch"} and set(inv["seeds"]) == {"0,1"}

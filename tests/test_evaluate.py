@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from medstudy import paths
+from medstudy import transfer as transfer_stage
 from medstudy.config import TransferConfig
 from medstudy.data import TensorSplit, load_split
 from medstudy.data.info import DatasetInfo
@@ -25,21 +26,17 @@ from medstudy.evaluate import (
     TrainSettings,
     finetune,
     fit_linear_probe,
-    label_efficiency_table,
-    load_unit_classifier,
-    plan_units,
-    plot_label_efficiency,
-    plot_transfer,
     predict_split,
-    run_transfer,
     train_dvme,
 )
-from medstudy.evaluate import transfer as transfer_mod
 from medstudy.evaluate.dvme import DVME_SETTINGS
-from medstudy.evaluate.finetune import resolve_device
+from medstudy.figures import label_efficiency_table, plot_label_efficiency, plot_transfer
 from medstudy.metrics import compute_metrics
 from medstudy.models import RESNET20_FILE, create_backbone
+from medstudy.runtime import resolve_device
 from medstudy.stats import area_under_label_curve
+from medstudy.transfer import load_unit_classifier, plan_units, run_transfer
+from medstudy.transfer import units as transfer_units
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,7 +106,7 @@ def test_knn_on_identical_train_and_test_is_perfect() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 16)).astype(np.float32)
     y = rng.integers(0, 4, size=120)
-    scores = transfer_mod._knn_scores(x, y, x, info)
+    scores = transfer_units._knn_scores(x, y, x, info)
     assert scores.shape == (120, 4)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
     assert compute_metrics(info.task, y, scores, 4)["accuracy"] == 1.0
@@ -316,7 +313,7 @@ def test_run_transfer_writes_units_and_skips_on_rerun(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(transfer_mod, "_evaluate_unit", boom)
+    monkeypatch.setattr(transfer_stage, "evaluate_unit", boom)
     again = run_transfer(cfg)
     pd.testing.assert_frame_equal(metrics, again)
     for r, content in files.items():
@@ -333,10 +330,11 @@ def test_run_transfer_writes_units_and_skips_on_rerun(
     table = label_efficiency_table(metrics, "qwk")
     lin = metrics.query("protocol == 'linear' and split == 'test' and metric == 'qwk'")
     lin = lin.sort_values("fraction")
-    assert table.loc[("linear", "scratch"), "aulc"] == pytest.approx(
+    assert table.loc[("synth_lesions", "qwk", "linear", "scratch"), "aulc"] == pytest.approx(
         area_under_label_curve(lin["fraction"], lin["value"])
     )
-    assert np.isnan(table.loc[("finetune", "scratch"), "aulc"])  # one fraction: no curve
+    # one fraction: no curve
+    assert np.isnan(table.loc[("synth_lesions", "qwk", "finetune", "scratch"), "aulc"])
     assert isinstance(plot_transfer(metrics, "auc", n_boot=20), Figure)
     assert isinstance(plot_label_efficiency(metrics, "qwk"), Figure)
     # Notebook 03 (another stage) reuses the identical finished units instead of recomputing.
@@ -373,7 +371,7 @@ def test_run_transfer_dvme_units(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     if not (paths.data_dir() / RESNET20_FILE).exists():
         pytest.skip(f"{RESNET20_FILE} not in MEDSTUDY_DATA_DIR (natural_sup weights)")
     monkeypatch.setenv("MEDSTUDY_RESULTS_DIR", str(tmp_path))
-    monkeypatch.setattr(transfer_mod, "DVME_SETTINGS", replace(DVME_SETTINGS, max_epochs=2))
+    monkeypatch.setattr(transfer_units, "DVME_SETTINGS", replace(DVME_SETTINGS, max_epochs=2))
     cfg = _tiny_cfg(
         arms=["scratch", "natural_sup"],
         protocols=["knn"],

@@ -15,7 +15,7 @@ def test_every_profile_expands_and_validates():
         spec = load_profile(profile)
         jobs = expand(spec)
         assert jobs, profile
-        order = [grid.NOTEBOOKS.index(j.notebook) for j in jobs]
+        order = [list(grid.NOTEBOOKS).index(j.notebook) for j in jobs]
         assert order == sorted(order)  # dependency order
         if profile != "full":  # full names timm:resnet50 (validated) and GPU devices
             grid.validate_jobs(jobs)
@@ -143,3 +143,38 @@ def test_relative_env_dirs_are_pinned_before_kernels_start(tmp_path, monkeypatch
 
     assert os.environ["MEDSTUDY_DATA_DIR"] == str((tmp_path / "../data_here").resolve())
     assert os.environ["MEDSTUDY_RESULTS_DIR"] == str(tmp_path / "res")
+
+
+def test_paired_pretraining_makes_one_run_per_downstream_seed():
+    spec = load_profile("smoke")
+    spec["pretrain"] = {**spec["pretrain"], "paired": True}
+    spec["pretrain"].pop("seed")
+    jobs = expand(spec)
+    pre = [j for j in jobs if j.notebook == "01_pretrain" and j.dataset == "pneumoniamnist"]
+    seeds = sorted(
+        set(spec["notebooks"]["02_transfer"]["seeds"])
+        | set(spec["notebooks"]["03_label_efficiency"]["seeds"])
+    )
+    arms = spec["notebooks"]["01_pretrain"]["arms"]
+    assert sorted((j.params["arm"], j.params["seed"]) for j in pre) == sorted(
+        (a, s) for a in arms for s in seeds
+    )
+    assert all("paired" not in j.params for j in pre)  # not a notebook-01 parameter
+    assert pre[0].name.endswith("__s0")
+    downstream = [j for j in jobs if j.notebook in ("02_transfer", "03_label_efficiency")]
+    assert downstream and all(j.params["pretrain_paired"] is True for j in downstream)
+    grid.validate_jobs(jobs)
+    spec["pretrain"]["seed"] = 0
+    with pytest.raises(GridError, match="remove 'seed'"):
+        expand(spec)
+
+
+def test_paired_units_use_the_encoder_of_their_own_seed():
+    from medstudy.config import TransferConfig
+    from medstudy.transfer.encoders import encoder_seed
+
+    fixed = TransferConfig(dataset="synth_lesions", pretrain_seed=0)
+    paired = TransferConfig(dataset="synth_lesions", pretrain_seed=0, pretrain_paired=True)
+    assert [encoder_seed(fixed, "ssl:simclr", s) for s in (0, 1, 2)] == [0, 0, 0]
+    assert [encoder_seed(paired, "ssl:simclr", s) for s in (0, 1, 2)] == [0, 1, 2]
+    assert [encoder_seed(fixed, "scratch", s) for s in (0, 1, 2)] == [0, 1, 2]

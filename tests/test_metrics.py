@@ -213,3 +213,40 @@ def test_no_warnings_on_clean_inputs() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mt.compute_metrics("ordinal-regression", rng.integers(0, 5, 200), _probs(rng, 200, 5), 5)
+
+
+# --------------------------------------------------------------------------------------------
+# The METRICS registry
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("task", "k"),
+    [("binary-class", 2), ("multi-class", 4), ("ordinal-regression", 5), ("multi-label, binary-class", 3)],
+)  # fmt: skip
+def test_batched_metrics_equal_the_plain_ones_at_every_condition(task: str, k: int) -> None:
+    rng = np.random.default_rng(3)
+    n, c = 90, 3
+    if task.startswith("multi-label"):
+        y = rng.integers(0, 2, (n, k))
+        s = np.round(rng.random((n, c, k)), 1)  # ties
+    else:
+        y = np.arange(n) % k
+        s = np.round(rng.dirichlet(np.ones(k), size=(n, c)), 1)
+    applicable = [m for m in mt.METRICS.values() if m.applies(task, k)]
+    assert [m.name for m in applicable] == list(mt.compute_metrics(task, y, s[:, 0], k))
+    for spec in applicable:
+        plain = [spec.compute(task, y, s[:, j], k) for j in range(c)]
+        np.testing.assert_allclose(spec.per_condition(task, k)(y, s), plain, err_msg=spec.name)
+        assert mt.compute_metrics(task, y, s[:, 1], k)[spec.name] == pytest.approx(plain[1])
+
+
+def test_registry_rows() -> None:
+    assert mt.METRICS["auc"].batched is not None and mt.METRICS["qwk"].batched is not None
+    assert not mt.METRICS["ece"].higher_is_better
+    assert all(m.higher_is_better for name, m in mt.METRICS.items() if name != "ece")
+    assert mt.METRICS["auc"].chance("multi-class", 4) == 0.5
+    assert mt.METRICS["qwk"].chance("ordinal-regression", 5) == 0.0
+    assert mt.METRICS["balanced_accuracy"].chance("multi-class", 4) == 0.25
+    assert not mt.METRICS["referable_auc"].applies("ordinal-regression", 4)
+    assert set(mt.PRIMARY_METRIC.values()) <= set(mt.METRICS)
+    with pytest.raises(ValueError, match="unknown metric 'kappa'; valid"):
+        mt.get_metric("kappa")

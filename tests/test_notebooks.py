@@ -46,7 +46,7 @@ def test_notebook_follows_the_rules(script):
         assert hash_ and comment.strip(), f"parameter without a help comment: {line}"
         # papermill infers parameters with a regex that an "=" in the comment breaks
         assert "=" not in comment, f"no '=' in a parameter's comment (papermill): {line}"
-    assert "from_params(" in cells[2]["source"]
+    assert "from_namespace(globals())" in cells[2]["source"]
     code = "\n".join(c["source"] for c in cells if c["cell_type"] == "code")
     # IPython magics (e.g. %matplotlib inline) are not Python; everything else must parse
     tree = ast.parse("\n".join(ln for ln in code.splitlines() if not ln.startswith("%")))
@@ -57,6 +57,39 @@ def test_notebook_follows_the_rules(script):
             raise AssertionError("open() in a notebook")
     assert not re.search(r"['\"](/|~/|\.\./)\w", code), "hard-coded path"
     assert "!pip" not in code and "sys.path" not in code
+
+
+def _parameters(script: Path) -> dict[str, object]:
+    """The notebook's parameters cell as ``{name: literal default}``."""
+    out = {}
+    for stmt in ast.parse(_cells(script)[1]["source"]).body:
+        target = stmt.target if isinstance(stmt, ast.AnnAssign) else stmt.targets[0]
+        out[target.id] = ast.literal_eval(stmt.value)
+    return out
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_parameter_is_a_config_field_with_the_same_default(script):
+    from dataclasses import MISSING, fields
+
+    from medstudy.grid import NOTEBOOKS
+
+    config = NOTEBOOKS[script.stem].config
+    declared = {f.name: f for f in fields(config)}
+    params = _parameters(script)
+    unknown = sorted(set(params) - set(declared))
+    assert not unknown, (
+        f"{script.name}: parameters that are not {config.__name__} fields: {unknown}"
+    )
+    for name, value in params.items():
+        f = declared[name]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        got = tuple(value) if isinstance(value, list) else value
+        assert got == default, (
+            f"{script.name}: {name} = {value!r} but {config.__name__} says {default!r}"
+        )
+    # and the config built from exactly these parameters is valid
+    config.from_namespace(params)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

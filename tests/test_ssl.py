@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
+from medstudy import pretrain as pretrain_stage
+from medstudy import runtime
 from medstudy.augment import make_views
 from medstudy.config import ConfigError, PretrainConfig
 from medstudy.models import WeightsError, create_backbone, load_checkpoint
 from medstudy.ssl import METHODS, get_method
-from medstudy.ssl import loop as ssl_loop
 from medstudy.ssl.base import StepContext
 from medstudy.ssl.mocov2 import MoCoV2
 from medstudy.ssl.spark import SparK, _sparse_batch_norm, sparse_mode
@@ -227,15 +228,17 @@ def test_same_seed_gives_the_same_loss_sequence(
 ) -> None:
     cfg = PretrainConfig(arm="ssl:simclr", **TINY)
     _in(tmp_path / "a", monkeypatch)
-    a = ssl_loop.pretrain(cfg, progress=False)
+    a = pretrain_stage.pretrain(cfg, progress=False)
     _in(tmp_path / "b", monkeypatch)
-    b = ssl_loop.pretrain(cfg, progress=False)
+    b = pretrain_stage.pretrain(cfg, progress=False)
     assert not a.cached and not b.cached
     assert a.history["loss"].tolist()[1:] == b.history["loss"].tolist()[1:]
     assert a.history["knn_acc"].tolist() == b.history["knn_acc"].tolist()
     assert _same_weights(a.checkpoint, b.checkpoint)
     _in(tmp_path / "c", monkeypatch)
-    c = ssl_loop.pretrain(PretrainConfig(arm="ssl:simclr", **{**TINY, "seed": 1}), progress=False)
+    c = pretrain_stage.pretrain(
+        PretrainConfig(arm="ssl:simclr", **{**TINY, "seed": 1}), progress=False
+    )
     assert c.history["loss"].tolist()[1:] != a.history["loss"].tolist()[1:]
 
 
@@ -246,14 +249,14 @@ def test_killed_and_resumed_run_ends_with_identical_weights(
     # MoCo v2: its memory queue (a non-persistent buffer) must survive the resume too.
     cfg = PretrainConfig(arm="ssl:mocov2", **TINY)
     _in(tmp_path / "straight", monkeypatch)
-    straight = ssl_loop.pretrain(cfg, progress=False)
+    straight = pretrain_stage.pretrain(cfg, progress=False)
     _in(tmp_path / "resumed", monkeypatch)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        ssl_loop.pretrain(cfg, progress=False, callbacks=[_Kill(after=1)])
+        pretrain_stage.pretrain(cfg, progress=False, callbacks=[_Kill(after=1)])
     run_dir = tmp_path / "resumed" / "pretrain" / straight.run_id
     assert not (run_dir / "DONE").exists()
     assert (run_dir / "lightning" / "stage0_mocov2" / "last.ckpt").exists()
-    resumed = ssl_loop.pretrain(cfg, progress=False)
+    resumed = pretrain_stage.pretrain(cfg, progress=False)
     assert _same_weights(straight.checkpoint, resumed.checkpoint)
     assert resumed.history["loss"].tolist()[1:] == straight.history["loss"].tolist()[1:]
     assert resumed.history["epoch"].tolist() == [0, 1, 2]
@@ -264,24 +267,26 @@ def test_killed_and_resumed_run_ends_with_identical_weights(
 def test_curriculum_resumes_at_its_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = PretrainConfig(arm="curriculum", curriculum=("simclr:1", "spark:1"), **TINY)
     _in(tmp_path / "straight", monkeypatch)
-    straight = ssl_loop.pretrain(cfg, progress=False)
+    straight = pretrain_stage.pretrain(cfg, progress=False)
     assert straight.history["method"].tolist() == ["init", "simclr", "spark"]
 
     _in(tmp_path / "resumed", monkeypatch)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        ssl_loop.pretrain(cfg, progress=False, callbacks=[_Kill(after=2)])  # in the spark stage
+        pretrain_stage.pretrain(
+            cfg, progress=False, callbacks=[_Kill(after=2)]
+        )  # in the spark stage
     run_dir = tmp_path / "resumed" / "pretrain" / straight.run_id
     assert (run_dir / "stage0_simclr.pt").exists() and not (run_dir / "stage1_spark.pt").exists()
 
     fitted: list[str] = []
-    real_fit = ssl_loop._fit_stage
+    real_fit = pretrain_stage._fit_stage
 
     def spy(backbone: Any, stage: Any, *args: Any, **kwargs: Any) -> Any:
         fitted.append(stage.method)
         return real_fit(backbone, stage, *args, **kwargs)
 
-    monkeypatch.setattr(ssl_loop, "_fit_stage", spy)
-    resumed = ssl_loop.pretrain(cfg, progress=False)
+    monkeypatch.setattr(pretrain_stage, "_fit_stage", spy)
+    resumed = pretrain_stage.pretrain(cfg, progress=False)
     assert fitted == ["spark"]  # the finished simclr stage is loaded, not retrained
     assert _same_weights(straight.checkpoint, resumed.checkpoint)
     assert resumed.history["method"].tolist() == ["init", "simclr", "spark"]
@@ -294,17 +299,17 @@ def test_cached_result_metrics_and_load_encoder(
     _in(tmp_path, monkeypatch)
     cfg = PretrainConfig(arm="ssl:spark", **{**TINY, "epochs": 1})
     with pytest.raises(WeightsError, match=r"no finished pretrain run for synth_lesions/ssl:spark"):
-        ssl_loop.load_encoder(cfg)
-    first = ssl_loop.pretrain(cfg, progress=False)
-    again = ssl_loop.pretrain(cfg, progress=False)
+        pretrain_stage.load_encoder(cfg)
+    first = pretrain_stage.pretrain(cfg, progress=False)
+    again = pretrain_stage.pretrain(cfg, progress=False)
     assert again.cached and again.metrics == pytest.approx(first.metrics)
     assert set(first.metrics) == {"knn_acc", "loss"}
     metrics = pd.read_csv(first.run_dir / "metrics.csv")
     rows = {(r.protocol, r.split, r.metric) for r in metrics.itertuples()}
     assert rows == {("knn_monitor", "val", "knn_acc"), ("pretrain", "train", "loss")}
     history = pd.read_csv(first.run_dir / "history.csv")
-    assert list(history.columns) == list(ssl_loop.HISTORY_COLUMNS)
-    encoder = ssl_loop.load_encoder(cfg)
+    assert list(history.columns) == list(pretrain_stage.HISTORY_COLUMNS)
+    encoder = pretrain_stage.load_encoder(cfg)
     reference = create_backbone("resnet20_cifar")
     load_checkpoint(reference, first.checkpoint)
     assert all(
@@ -319,7 +324,7 @@ def test_scratch_arm_saves_its_seeded_init_and_its_knn(
 ) -> None:
     _in(tmp_path, monkeypatch)
     cfg = PretrainConfig(arm="scratch", **TINY)
-    result = ssl_loop.pretrain(cfg, progress=False)
+    result = pretrain_stage.pretrain(cfg, progress=False)
     assert result.history["method"].tolist() == ["init"] and set(result.metrics) == {"knn_acc"}
     init = create_backbone("resnet20_cifar", seed=cfg.seed)
     assert all(
@@ -328,7 +333,7 @@ def test_scratch_arm_saves_its_seeded_init_and_its_knn(
             _weights(result.checkpoint).values(), init.state_dict().values(), strict=True
         )
     )
-    loaded = ssl_loop.load_encoder(cfg)  # needs no run
+    loaded = pretrain_stage.load_encoder(cfg)  # needs no run
     assert all(
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), init.state_dict().values(), strict=True)
@@ -338,17 +343,17 @@ def test_scratch_arm_saves_its_seeded_init_and_its_knn(
 def test_natural_ssl_and_missing_gpu_fail_clearly() -> None:
     cfg = PretrainConfig(arm="natural_ssl", backbone="timm:resnet50", dataset="synth_lesions")
     with pytest.raises(NotImplementedError, match="dino_resnet50"):
-        ssl_loop.pretrain(cfg, progress=False)
+        pretrain_stage.pretrain(cfg, progress=False)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
-            ssl_loop.pretrain(PretrainConfig(arm="scratch", device="cuda", **TINY))
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            pretrain_stage.pretrain(PretrainConfig(arm="scratch", device="cuda", **TINY))
 
 
 @pytest.mark.parametrize(("arm", "mult"), [("natural_sup+ssl:simclr", 0.1), ("ssl:simclr", 1.0)])
 def test_natural_lr_mult_slows_only_a_natural_backbone(arm: str, mult: float) -> None:
     cfg = PretrainConfig(arm=arm, lr=0.5, natural_lr_mult=0.1, weight_decay=1e-4)
     method = METHODS["simclr"].build(create_backbone("resnet20_cifar"))
-    groups = ssl_loop.param_groups(method, cfg)
+    groups = pretrain_stage.param_groups(method, cfg)
     backbone = {id(p) for p in method.backbone.parameters()}
     head = {id(p) for p in method.projection_head.parameters()}
     for g in groups:
@@ -362,10 +367,10 @@ def test_natural_lr_mult_slows_only_a_natural_backbone(arm: str, mult: float) ->
 
 
 def test_seeds_are_stable_and_distinct() -> None:
-    assert ssl_loop.derive_seed(0, "augment", 0, 1) == ssl_loop.derive_seed(0, "augment", 0, 1)
-    assert ssl_loop.derive_seed(0, "augment", 0, 1) != ssl_loop.derive_seed(0, "augment", 0, 2)
+    assert runtime.derive_seed(0, "augment", 0, 1) == runtime.derive_seed(0, "augment", 0, 1)
+    assert runtime.derive_seed(0, "augment", 0, 1) != runtime.derive_seed(0, "augment", 0, 2)
     state = torch.random.get_rng_state()
-    with ssl_loop.seeded(3):
+    with runtime.seeded(3):
         torch.rand(3)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
 
@@ -373,7 +378,7 @@ def test_seeds_are_stable_and_distinct() -> None:
 def test_plots_return_figures() -> None:
     from matplotlib.figure import Figure
 
-    fig = ssl_loop.plot_views("synth_lesions", "dino", n=3)
+    fig = pretrain_stage.plot_views("synth_lesions", "dino", n=3)
     assert isinstance(fig, Figure) and len(fig.axes) == 3 * (1 + METHODS["dino"].n_views)
     history = pd.DataFrame(
         [
@@ -382,4 +387,4 @@ def test_plots_return_figures() -> None:
             dict(stage=1, method="spark", epoch=2, loss=0.9, knn_acc=0.62),
         ]
     )
-    assert isinstance(ssl_loop.plot_history(history), Figure)
+    assert isinstance(pretrain_stage.plot_history(history), Figure)

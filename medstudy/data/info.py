@@ -14,6 +14,7 @@ inferred from the file (see :func:`medstudy.data.loaders.load_split`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -136,16 +137,37 @@ INFO: dict[str, DatasetInfo] = {
 }
 
 
-def get_info(name: str) -> DatasetInfo:
+def get_info(name: str, columns: Iterable[str] | None = None) -> DatasetInfo:
     """The INFO row for ``name``; unknown names raise ``ValueError`` listing the valid ones.
 
     Files dropped into the data dir are handled by the loader, which calls
-    :func:`infer_info` for names not in this table.
+    :func:`~medstudy.data.loaders.infer_info` for names not in this table. Their *results* are
+    read without the file: given the ``columns`` of a run's saved predictions, an unknown name
+    gets a row inferred from them by the loader's rule (``y_true_<j>`` columns: multi-label;
+    else K ``score_<k>`` columns: binary if K = 2, multi-class otherwise).
     """
-    try:
+    if name in INFO:
         return INFO[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}; valid: {sorted(INFO)} "
-            "(or any MedMNIST-format <name>.npz placed in MEDSTUDY_DATA_DIR)"
-        ) from None
+    if columns is not None:
+        return _info_from_prediction_columns(name, list(columns))
+    raise ValueError(
+        f"unknown dataset {name!r}; valid: {sorted(INFO)} "
+        "(or any MedMNIST-format <name>.npz placed in MEDSTUDY_DATA_DIR)"
+    )
+
+
+def _info_from_prediction_columns(name: str, columns: list[str]) -> DatasetInfo:
+    n = sum(c.startswith("score_") for c in columns)
+    if any(c.startswith("y_true_") for c in columns):
+        task = "multi-label, binary-class"
+    else:
+        task = "binary-class" if n == 2 else "multi-class"
+    return DatasetInfo(
+        name=name,
+        task=task,
+        n_channels=0,  # unknown from predictions
+        labels={str(i): str(i) for i in range(n)},
+        n_samples={},
+        source="local",
+        description="inferred from the columns of saved predictions",
+    )

@@ -21,18 +21,20 @@ def validate_fraction(fraction: float, name: str = "fraction") -> float:
     return float(fraction)
 
 
-def _class_count(n_class: int, fraction: float) -> int:
-    # round() keeps the class proportions; max(1, …) is the at-least-one-example guarantee.
-    return min(n_class, max(1, int(round(fraction * n_class))))
+def _class_count(n_class: int, fraction: float, min_per_class: int = 1) -> int:
+    # round() keeps the class proportions; max(min_per_class, …) is the at-least-k guarantee.
+    return min(n_class, max(min_per_class, int(round(fraction * n_class))))
 
 
-def sample_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def sample_fraction(
+    labels: np.ndarray, fraction: float, seed: int, min_per_class: int = 1
+) -> np.ndarray:
     """Sorted indices of a stratified ``fraction`` of ``labels`` (see :func:`sample_fractions`)."""
-    return sample_fractions(labels, [fraction], seed)[float(fraction)]
+    return sample_fractions(labels, [fraction], seed, min_per_class)[float(fraction)]
 
 
 def sample_fractions(
-    labels: np.ndarray, fractions: Sequence[float], seed: int
+    labels: np.ndarray, fractions: Sequence[float], seed: int, min_per_class: int = 1
 ) -> dict[float, np.ndarray]:
     """Nested stratified subsets, one per fraction.
 
@@ -40,12 +42,16 @@ def sample_fractions(
         labels: (N,) integer class labels, or (N, L) multi-label 0/1 matrix.
         fractions: values in (0, 1].
         seed: the subset's seed; the same seed gives the same subsets, nested across fractions.
+        min_per_class: the guaranteed examples per class (per label for multi-label data), or
+            all of a class that has fewer (the selection val split of a low-label protocol
+            keeps >= 5 per class).
 
     Returns:
         ``{fraction: sorted int64 indices}``. For single-label data each class contributes
-        ``max(1, round(fraction * n_class))`` examples. For multi-label data (no stratum per
-        label combination is feasible) the subset is a prefix of one permutation plus, for each
-        label, its first positive example in that permutation, which keeps nesting.
+        ``max(min_per_class, round(fraction * n_class))`` examples. For multi-label data (no
+        stratum per label combination is feasible) the subset is a prefix of one permutation
+        plus, for each label, its first ``min_per_class`` positive examples in that permutation,
+        which keeps nesting.
     """
     fracs = [validate_fraction(f, "fractions") for f in fractions]
     labels = np.asarray(labels)
@@ -55,9 +61,9 @@ def sample_fractions(
         order = rng.permutation(labels.shape[0])
         positives = labels[order].astype(bool)
         forced = {
-            int(order[np.argmax(positives[:, j])])
+            int(order[i])
             for j in range(labels.shape[1])
-            if positives[:, j].any()
+            for i in np.flatnonzero(positives[:, j])[:min_per_class]
         }
         for f in fracs:
             k = max(1, int(round(f * labels.shape[0])))
@@ -66,6 +72,6 @@ def sample_fractions(
     labels = labels.reshape(-1)
     perms = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
     for f in fracs:
-        parts = [perm[: _class_count(len(perm), f)] for perm in perms.values()]
+        parts = [perm[: _class_count(len(perm), f, min_per_class)] for perm in perms.values()]
         out[f] = np.sort(np.concatenate(parts)).astype(np.int64)
     return out

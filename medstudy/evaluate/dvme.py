@@ -39,9 +39,9 @@ from medstudy.evaluate.finetune import (
     TrainSettings,
     fit_supervised,
     predict_scores,
-    seeded_module,
 )
 from medstudy.evaluate.linear import standardiser
+from medstudy.runtime import seeded_build
 
 TOKEN_MODES: tuple[str, ...] = ("encoders", "dims", "concat")
 
@@ -194,7 +194,7 @@ def train_dvme(
     stats = [standardiser(f) for f in train_features]
     means, scales = [m for m, _ in stats], [s for _, s in stats]
     dims = [int(np.asarray(f).shape[1]) for f in train_features]
-    model = seeded_module(lambda: DVME(dims, info.n_outputs, tokens, **model_kwargs), seed)
+    model = seeded_build(lambda: DVME(dims, info.n_outputs, tokens, **model_kwargs), seed)
     model = model.to(device)  # type: ignore[assignment]
     y_dtype = torch.float32 if info.is_multilabel else torch.int64
     fit = fit_supervised(

@@ -19,7 +19,8 @@ pretraining loop serves every pretext task:
 - class imbalance: none by default (the loss sees the training prevalence, and imbalance is
   visible in balanced accuracy / macro F1); ``class_weighted_loss=True`` switches to inverse-
   frequency weighted cross-entropy (``pos_weight`` for multi-label BCE);
-- CPU fp32; the device is explicit (:func:`resolve_device`) and never switched silently.
+- CPU fp32; the device is explicit (:func:`medstudy.runtime.resolve_device`) and never
+  switched silently.
 
 Same seed, same device and same thread count → identical weights and metrics (tests pin it).
 
@@ -30,11 +31,8 @@ model input by ``to_float`` → (augmentation, train only) → ``to_model_input`
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -45,47 +43,17 @@ import torch
 from torch import nn
 
 from medstudy.augment import AugmentRecipe, ViewTransform, augment_batch, recipe_for_dataset
-from medstudy.config import SELECT_METRICS
 from medstudy.data.info import DatasetInfo
 from medstudy.data.tensors import TensorSplit, to_float, to_model_input
-from medstudy.metrics import PRIMARY_METRIC, compute_metrics
+from medstudy.metrics import PRIMARY_METRIC, SELECT_METRICS, compute_metrics
 from medstudy.models import Backbone, Classifier, build_head, logits_to_scores
+from medstudy.runtime import make_generator, precision, quiet_lightning, seeded_build
 
 #: A batch transform: ``(inputs, train, generator) -> inputs`` applied on the training device.
 InputTransform = Callable[
     [tuple[torch.Tensor, ...], bool, torch.Generator], tuple[torch.Tensor, ...]
 ]
-DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-
-
-# ------------------------------------------------------------------------------------ device --
-def resolve_device(name: str) -> torch.device:
-    """``"cpu"``, ``"cuda"`` (an error if no GPU is visible) or ``"auto"`` (GPU if visible).
-
-    ``"auto"`` is an explicit request and the resolved device is recorded in every manifest;
-    ``"cuda"`` never degrades to the CPU.
-    """
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; valid: {list(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but no CUDA device is visible")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
-def seeded_module(build: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """Build a module whose random init is fixed by ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 # ------------------------------------------------------------------------------------- data --
@@ -285,7 +253,7 @@ class SupervisedModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_t0 = time.perf_counter()
         if self._aug_gen is None:
-            self._aug_gen = _generator(self.device, self.aug_seed)
+            self._aug_gen = make_generator(self.device, self.aug_seed)
         backbone = self.backbone
         if backbone is None:
             return
@@ -313,7 +281,7 @@ class SupervisedModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         *inputs, labels = batch
-        x = self.transform(tuple(inputs), False, _generator(torch.device("cpu"), 0))
+        x = self.transform(tuple(inputs), False, make_generator("cpu", 0))
         self._val_scores.append(logits_to_scores(self.info, self.model(*x)).float().cpu())
         self._val_labels.append(labels.cpu())
 
@@ -379,21 +347,6 @@ class SupervisedModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit banner ("GPU available: …"); restored afterwards."""
-    names = ("lightning.pytorch", "lightning.fabric")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def fit_supervised(
     model: nn.Module,
     train_inputs: Sequence[torch.Tensor],
@@ -410,7 +363,7 @@ def fit_supervised(
     """Train ``model`` (``model(*inputs) -> logits``) with early stopping on val.
 
     ``seed`` fixes the batch order and the augmentation draws (the model's initialisation is
-    the caller's, see :func:`seeded_module`). Returns the best-val weights (module docstring).
+    the caller's, see :func:`medstudy.runtime.seeded`). Returns the best-val weights (module docstring).
     """
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -419,7 +372,7 @@ def fit_supervised(
         train_labels,
         settings.batch_size,
         shuffle=True,
-        generator=_generator(torch.device("cpu"), seed),
+        generator=make_generator("cpu", seed),
         min_batches=settings.min_steps_per_epoch,
     )
     val = TensorBatches(val_inputs, val_labels, eval_batch_size)
@@ -428,14 +381,12 @@ def fit_supervised(
         model, info, settings, transform, len(train), aug_seed=seed + 1, loss_weights=weights
     )
     model.train()  # Lightning keeps sub-module modes; a frozen encoder arrives in eval mode
-    with _quiet_lightning(), warnings.catch_warnings():
-        # Lightning's own deprecation notice about torch's pytree API; not ours to act on.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=[device.index or 0] if device.type == "cuda" else 1,
             max_epochs=settings.max_epochs,
-            precision="32-true",
+            precision=precision(device),  # type: ignore[arg-type]
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -482,7 +433,7 @@ def predict_scores(
     device = next(model.parameters()).device
     out = []
     n = int(inputs[0].shape[0])
-    dummy = _generator(torch.device("cpu"), 0)
+    dummy = make_generator("cpu", 0)
     for start in range(0, n, batch_size):
         batch = tuple(x[start : start + batch_size].to(device) for x in inputs)
         logits = model(*transform(batch, False, dummy))
@@ -507,7 +458,7 @@ def finetune(
     whose ``model`` is a :class:`Classifier` with the best-val weights.
     """
     device = torch.device(device)
-    head = seeded_module(lambda: build_head(info, backbone.feature_dim), seed)
+    head = seeded_build(lambda: build_head(info, backbone.feature_dim), seed)
     model = Classifier(backbone, head).to(device)
     return fit_supervised(
         model,

@@ -21,6 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medstudy.data.tensors import TensorSplit
+from medstudy.evaluate.features import extract_features
+from medstudy.models import Backbone
+
 QUERY_CHUNK = 1024  # queries per similarity block: bounds memory at 1024 × N floats
 
 
@@ -58,3 +62,35 @@ def knn_predict(
         votes = (weights.unsqueeze(-1) * targets[top_idx]).sum(dim=1)
         out.append(votes / weights.sum(dim=1, keepdim=True))
     return torch.cat(out).numpy() if out else np.zeros((0, targets.shape[1]))
+
+
+# ------------------------------------------------------------------------- the kNN monitor --
+#: k and T of the weighted kNN (Wu et al. 2018; solo-learn's and DINO's monitor). The transfer
+#: protocol ``knn`` and the pretraining monitor use the same pair.
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+
+
+def knn_scores(
+    backbone: Backbone, train: TensorSplit, val: TensorSplit, n_classes: int, k: int = KNN_K
+) -> np.ndarray:
+    """The weighted kNN votes (cosine, T = ``KNN_TEMPERATURE``) of every val image, from the
+    backbone's frozen features of ``train``."""
+    train_feats = extract_features(backbone, train)
+    val_feats = extract_features(backbone, val)
+    train_y = train.labels.cpu().numpy()
+    return knn_predict(train_feats, train_y, val_feats, n_classes, k, KNN_TEMPERATURE)
+
+
+def knn_accuracy(
+    backbone: Backbone, train: TensorSplit, val: TensorSplit, n_classes: int, k: int = KNN_K
+) -> float:
+    """Val accuracy of the weighted kNN classifier on the backbone's frozen features.
+
+    Multi-label tasks: the mean over labels of the per-label accuracy at a 0.5 vote.
+    """
+    scores = knn_scores(backbone, train, val, n_classes, k)
+    val_y = val.labels.cpu().numpy()
+    if val_y.ndim == 2:
+        return float(((scores >= 0.5) == (val_y > 0)).mean())
+    return float((scores.argmax(axis=1) == val_y).mean())

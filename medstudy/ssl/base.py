@@ -2,7 +2,7 @@
 
 A method is ~50 lines on top of :class:`SSLMethod` (as in solo-learn's ``BaseMethod``): it builds
 lightly's heads and loss in ``__init__`` and maps a list of views to a scalar loss in
-:meth:`SSLMethod.training_step`. The pretraining loop (:mod:`medstudy.ssl.loop`) owns the
+:meth:`SSLMethod.training_step`. The pretraining loop (:mod:`medstudy.pretrain`) owns the
 optimiser, schedule, checkpoints and online evaluation, so methods stay free of training code.
 
 Randomness a method needs beyond the views (SparK's masks) comes from ``ctx.generator``, never

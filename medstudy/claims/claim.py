@@ -1,0 +1,152 @@
+"""The claim record and the vocabularies it is written in: statistics, fraction rules, arm
+groups and evaluator kinds (each a registry keyed by name)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from medstudy import stats
+from medstudy.arms import SSL_PREFIX
+from medstudy.claims.columns import Row
+from medstudy.claims.index import ResultsIndex
+from medstudy.config import ClaimsConfig
+from medstudy.ssl import METHODS
+
+
+class NotRunError(Exception):
+    """An input a comparison needs is missing; the message is the row's ``reason``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics of a comparison
+# --------------------------------------------------------------------------------------------
+def _relative_drop(values: np.ndarray, conditions: np.ndarray) -> float:
+    # values[0] is the clean metric; the others are the distorted conditions.
+    return float(np.mean((values[0] - values[1:]) / values[0]))
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A scalar summary of one arm's per-condition metric values.
+
+    ``reduce(values, conditions)`` gets the metric at each condition (one label fraction, or the
+    clean set followed by each distortion) and the condition values (fractions, or indices).
+    ``better`` is +1 if higher is better, −1 if lower is better.
+    """
+
+    name: str
+    better: int
+    reduce: Callable[[np.ndarray, np.ndarray], float]
+    description: str
+
+
+STATISTICS: dict[str, Statistic] = {
+    "metric": Statistic("metric", +1, lambda v, c: float(v[0]), "the primary metric"),
+    "slope": Statistic(
+        "slope",
+        -1,
+        lambda v, c: stats.label_efficiency_slope(c, v),
+        "OLS slope of the metric vs log10(label fraction): smaller = degrades less",
+    ),
+    "aulc": Statistic(
+        "aulc",
+        +1,
+        lambda v, c: stats.area_under_label_curve(c, v),
+        "area under the metric vs log10(label fraction) curve, normalised to a mean metric",
+    ),
+    "relative_drop": Statistic(
+        "relative_drop",
+        -1,
+        _relative_drop,
+        "mean relative metric drop over the distortion suite, (clean - distorted) / clean",
+    ),
+}
+
+#: Which label fractions a claim reads, from the fractions present (sorted ascending).
+FRACTION_RULES: dict[str, Callable[[list[float]], list[float]]] = {
+    "full": lambda present: [1.0],
+    "smallest": lambda present: present[:1],
+    "curve": lambda present: present,
+}
+
+#: Named groups of arms usable in a comparison pattern as ``@<family>``: the ``ssl:<method>``
+#: arms of every method of that family (``MethodSpec.family``), in registry order. Contrastive =
+#: trained against negative pairs (InfoNCE: SimCLR, MoCo v2); BYOL, Barlow Twins, SwAV and DINO
+#: are joint-embedding but not contrastive. A new contrastive method joins every comparison
+#: that names the group (C4).
+ARM_GROUPS: dict[str, tuple[str, ...]] = {
+    family: tuple(SSL_PREFIX + name for name, spec in METHODS.items() if spec.family == family)
+    for family in dict.fromkeys(spec.family for spec in METHODS.values())
+}
+
+#: ``EVALUATORS[claim.kind](claim, index, cfg) -> rows``: how a kind of claim is tested. The
+#: evaluators register themselves in :mod:`medstudy.claims.evaluators` (``@evaluator(kind)``).
+Evaluator = Callable[["Claim", ResultsIndex, ClaimsConfig], list[Row]]
+EVALUATORS: dict[str, Evaluator] = {}
+
+
+def evaluator(kind: str) -> Callable[[Evaluator], Evaluator]:
+    """Register the decorated function as ``EVALUATORS[kind]``."""
+
+    def register(fn: Evaluator) -> Evaluator:
+        if kind in EVALUATORS:
+            raise ValueError(f"evaluator kind {kind!r} is already registered")
+        EVALUATORS[kind] = fn
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------------------------
+# The claim record
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """One published claim and how it is tested.
+
+    ``comparisons`` are ``(arm_a, arm_b)`` patterns: an exact arm, an ``fnmatch`` pattern
+    (``"ssl:*"``) or ``"@group"`` (``ARM_GROUPS``), expanded over the arms that have results; a
+    pattern that matches nothing gives a "not run" row. ``direction = +1`` claims A is better
+    than B. ``kind`` is the key of ``EVALUATORS``; ``fraction`` a key of ``FRACTION_RULES``
+    (``"full"`` = 1.0, ``"smallest"`` = the stage's smallest label fraction, ``"curve"`` =
+    every fraction). ``published`` maps a dataset to the published effect in metric units (C3).
+    ``family`` is the multiplicity family (the claim id).
+    """
+
+    id: str
+    text: str
+    source: str
+    kind: str
+    stages: tuple[str, ...]
+    protocol: str
+    comparisons: tuple[tuple[str, str], ...] = ()
+    statistics: tuple[str, ...] = ("metric",)
+    fraction: str = "full"
+    datasets: tuple[str, ...] = ()
+    direction: int = +1
+    published: tuple[tuple[str, float], ...] = ()
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.id)
+        for value, registry, what in (
+            (self.kind, EVALUATORS, "kind"),
+            (self.fraction, FRACTION_RULES, "fraction rule"),
+            *((s, STATISTICS, "statistic") for s in self.statistics),
+        ):
+            if value not in registry:
+                raise ValueError(
+                    f"claim {self.id}: unknown {what} {value!r}; valid: {list(registry)}"
+                )
+
+    @property
+    def stage(self) -> str:
+        return self.stages[0]
+
+    def published_for(self, dataset: str) -> float:
+        return dict(self.published).get(dataset, math.nan)

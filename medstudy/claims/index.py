@@ -1,0 +1,130 @@
+"""The finished runs a claim reads, indexed by :class:`Key` (through :mod:`medstudy.results`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from medstudy import results
+from medstudy.data.info import get_info
+
+#: Predictions whose ``distortion`` is missing or one of these are the clean test set.
+CLEAN_DISTORTIONS: tuple[str, ...] = ("none", "clean", "")
+CLEAN: tuple[str, int] = ("none", 0)
+SPLIT_TEST = "test"
+SPLIT_VAL = "val"
+
+
+class Key(NamedTuple):
+    """What identifies one set of test predictions (one model on one condition)."""
+
+    dataset: str
+    arm: str
+    protocol: str
+    fraction: float
+    seed: int
+    distortion: str
+    severity: int
+
+
+Groups = dict[Key, pd.DataFrame]
+
+
+def is_clean(distortion: pd.Series) -> pd.Series:
+    """Which rows are of the clean test set: ``distortion`` missing or in CLEAN_DISTORTIONS."""
+    text = distortion.astype(object).where(distortion.notna(), "none").astype(str)
+    return text.str.lower().isin(CLEAN_DISTORTIONS)
+
+
+def normalise_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """Comparable key columns: fraction rounded (float noise), the clean condition as
+    distortion "none" / severity 0."""
+    out = df.copy()
+    out["fraction"] = pd.to_numeric(out["fraction"], errors="coerce").round(10)
+    dist = out["distortion"].astype(object).where(out["distortion"].notna(), "none").astype(str)
+    out["distortion"] = dist.where(~is_clean(out["distortion"]), "none")
+    out["severity"] = pd.to_numeric(out["severity"], errors="coerce").fillna(0).astype(int)
+    return out
+
+
+def same_fraction(a: float, b: float) -> bool:
+    return bool(np.isfinite(a)) and abs(float(a) - float(b)) < 1e-9
+
+
+def dataset_task(dataset: str, frame: pd.DataFrame) -> tuple[str, int]:
+    """Task and number of outputs of ``dataset`` (a dataset outside INFO: from the columns of
+    its predictions ``frame``, see :func:`medstudy.data.info.get_info`)."""
+    info = get_info(dataset, frame.columns)
+    return info.task, info.n_outputs
+
+
+@dataclass
+class ResultsIndex:
+    """Lazily loaded test predictions (indexed by :class:`Key`) and metrics of each stage under
+    ``root``; every read goes through :mod:`medstudy.results`."""
+
+    root: Path
+    _groups: dict[str, Groups] = field(default_factory=dict)
+    _metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def has_stage(self, stage: str) -> bool:
+        return results.has_finished_runs(stage, self.root)
+
+    def groups(self, stage: str) -> Groups:
+        """Test predictions of the stage by key; a key held by two runs is an error."""
+        if stage not in self._groups:
+            preds = results.collect_predictions(stage, self.root)
+            index: Groups = {}
+            clashes = []
+            if len(preds):
+                preds = normalise_keys(preds[preds["split"] == SPLIT_TEST])
+                for values, g in preds.groupby(list(Key._fields), dropna=False, sort=True):
+                    key = Key(*values)
+                    runs = sorted(g["run_id"].unique())
+                    if len(runs) > 1:
+                        clashes.append(f"{key._asdict()}: runs {runs}")
+                    index[key] = g.dropna(axis=1, how="all")
+            if clashes:
+                raise ValueError(
+                    f"{len(clashes)} prediction key(s) of stage {stage!r} are held by more than "
+                    f"one finished run under {self.root / stage}, e.g. {'; '.join(clashes[:3])}. "
+                    "Keep one run per key (a separate results dir per profile, or delete the "
+                    "stale run folders)."
+                )
+            self._groups[stage] = index
+        return self._groups[stage]
+
+    def metrics(self, stage: str) -> pd.DataFrame:
+        if stage not in self._metrics:
+            m = results.collect_metrics(stage, self.root)
+            self._metrics[stage] = normalise_keys(m) if len(m) else m
+        return self._metrics[stage]
+
+    def config(self, stage: str, run_id: str) -> dict[str, Any]:
+        return results.read_config(stage, run_id, self.root)
+
+    def datasets(self, stage: str) -> list[str]:
+        return sorted({k.dataset for k in self.groups(stage)})
+
+    def select(
+        self,
+        stage: str,
+        dataset: str,
+        protocol: str | None = None,
+        fraction: float | None = None,
+        clean_only: bool = True,
+    ) -> Groups:
+        """The test groups of one dataset, optionally one protocol / fraction; clean only
+        unless ``clean_only=False``."""
+        return {
+            k: g
+            for k, g in self.groups(stage).items()
+            if k.dataset == dataset
+            and (protocol is None or k.protocol == protocol)
+            and (fraction is None or same_fraction(k.fraction, fraction))
+            and (not clean_only or (k.distortion, k.severity) == CLEAN)
+        }
