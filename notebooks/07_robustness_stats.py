@@ -25,11 +25,10 @@
 # %% tags=["parameters"]
 alpha: float = 0.05  # significance level for the verdicts; CIs are (1 - alpha)
 correction: str = "holm"  # multiplicity correction within each claim: holm | fdr_bh
+min_seeds: int = 3  # fewest paired seeds for a directional verdict (else inconclusive)
 n_boot: int = 2000  # bootstrap replicates (hierarchical and paired bootstraps)
 seed: int = 0  # seeds every bootstrap
-profile: str = (
-    "quick"  # the profile whose results are analysed (recorded in claims.csv and the paper)
-)
+profile: str = "quick"  # the profile analysed (recorded in claims.csv and the paper)
 datasets: list[str] = []  # datasets to test; empty means every dataset with results
 
 # %%
@@ -76,7 +75,7 @@ claims
 # dashed line is no difference.
 
 # %%
-from medstudy.claims import plot_forest
+from medstudy.figures import plot_forest
 
 forest = plot_forest(claims)
 # %% [markdown]

@@ -54,7 +54,7 @@ def add_runs(
     dataset: str,
     arms: Mapping[str, float],
     protocol: str = "finetune",
-    seeds: Iterable[int] = (0, 1),
+    seeds: Iterable[int] = (0, 1, 2),
     fractions: Iterable[float] = (1.0,),
     noise_key: Mapping[str, str] | None = None,
     config: Mapping[str, object] | None = None,

@@ -41,24 +41,35 @@ The test rule (one rule, applied to every row)
 Let S be the number of training seeds that both arms have (seeds are paired: seed s of A and
 seed s of B saw the same label subset and the same test cases).
 
-- S ≥ 2: two-level *hierarchical bootstrap* over seeds and test cases
-  (:func:`medstudy.stats.hierarchical_bootstrap_diff`; seeds drawn with replacement, one
-  class-stratified case resample shared by every drawn seed because all seeds are scored on the
-  same test set). ``effect`` = mean over seeds of the per-seed ``A − B``; CI = percentile
-  interval of the replicates; p = two-sided bootstrap p of H0: effect = 0.
+- S ≥ 2: the *seed × case t test* (:func:`medstudy.stats.seed_case_test`). ``effect`` = mean
+  over seeds of the per-seed ``A − B``; its variance adds the training (seed-to-seed) variance
+  of the per-seed differences / S and the test-case variance of the seed-averaged difference
+  (DeLong placements for binary AUC, a class-stratified case bootstrap shared by every seed
+  otherwise); the t reference distribution has Welch–Satterthwaite df; p and the CI come from
+  the same t statistic, so they always agree. Its size is checked by simulation
+  (``tests/test_seed_case.py``, ``benchmarks/bench_seed_case.py``).
 - S = 1, binary AUC: paired *DeLong* test (Sun & Xu fast DeLong; normal CI of the difference).
 - S = 1, any other metric or statistic: paired class-stratified bootstrap with BCa CI.
 - For binary AUC rows the per-seed DeLong results (AUCs, difference, CI, p) are kept in the
   per-seed breakdown (``claims_df.attrs["per_seed"]``, ``results/claims_per_seed.csv``, shown
   by :func:`claim_detail`); other rows list the per-seed point estimates there.
 
-All p-values are two-sided, so a significant effect of the wrong sign is reported as
-*contradicted*. Multiplicity: ``cfg.correction`` (Holm by default) within each claim's family
-(= the claim id) across all its tested rows (datasets × comparisons × statistics); rows without
-a p-value are excluded from the family. Verdict: ``supported`` if ``p_adj < alpha`` and the
-effect has the expected sign; ``contradicted`` if ``p_adj < alpha`` and the opposite sign;
-``inconclusive`` otherwise; ``not run`` (with a ``reason``) when an input is missing. Every
-claim appears in the table at least once.
+All p-values are two-sided, so a significant effect of the wrong sign can be *contradicted*.
+Multiplicity: ``cfg.correction`` (Holm by default) within each claim's family (= the claim id)
+across all its tested rows (datasets × comparisons × statistics); rows without a p-value are
+excluded from the family. The verdict of a row (:func:`medstudy.claims.table.row_verdict`) is
+directional only if all three hold: at least ``cfg.min_seeds`` (default 3) paired seeds (one
+seed compares two trained models, not two init methods), the adjusted p below alpha, and the
+unadjusted CI on the same side of 0 — then ``supported`` if the effect has the expected sign,
+``contradicted`` if not; otherwise ``inconclusive`` with its ``reason``. ``not run`` (with a
+``reason``) when an input is missing; every claim appears in the table at least once. Each
+tested row also reports ``df`` and ``mde``, the minimum detectable |effect| at 80 % power for
+its alpha, from the same SE and df (for one seed: the CI half-width over z), so a reader can
+tell "no effect" from "too small a study".
+
+Claim level: each claim names its primary statistic and how its rows combine
+(:class:`Claim`, :func:`dataset_verdicts`, :func:`claim_summary`): "supported on k of n
+datasets, contradicted on j", from the three row verdicts only.
 
 Claim-specific choices
 ----------------------
@@ -80,8 +91,10 @@ Claim-specific choices
   would bias the comparison in favour of the single encoder.
 - C6 (robustness) reads the ``robustness`` stage: per arm and seed, fine-tune predictions at
   label fraction 1.0 on the clean test set (``distortion`` missing/"none", ``severity`` 0; the
-  stage must write them) and under every (distortion, severity) both arms share. The statistic is the relative metric drop
-  ``mean_c (m_clean − m_c) / m_clean`` over those conditions; lower is better.
+  stage writes them) and under every (distortion, severity) both arms share. The statistic is
+  the chance-normalised drop ``mean_c (m_clean − m_c) / (m_clean − chance)`` (chance: AUC 0.5,
+  kappa 0; :func:`medstudy.corruption.chance_normalised_drop`), lower is better. The plain
+  relative drop would favour weak models, which have less room to fall.
 - C7 and C9 are "not run" until their stages exist (notebooks 05, 04); their tests need the
   attribution and representation statistics, which have no evaluator here yet.
 """
@@ -112,11 +125,14 @@ from medstudy.claims.registry import CLAIMS
 from medstudy.claims.table import (
     CLAIM_VERDICTS,
     claim_detail,
+    claim_summary,
     claim_verdicts,
     claims_table,
+    dataset_verdicts,
     evaluate_claims,
     inventory,
     load_claims,
+    row_verdict,
     save_claims,
 )
 
@@ -142,7 +158,10 @@ __all__ = [
     "ResultsIndex",
     "Statistic",
     "claim_detail",
+    "claim_summary",
     "claim_verdicts",
+    "dataset_verdicts",
+    "row_verdict",
     "claims_table",
     "evaluate_claims",
     "evaluator",

@@ -14,6 +14,7 @@ from medstudy.arms import SSL_PREFIX
 from medstudy.claims.columns import Row
 from medstudy.claims.index import ResultsIndex
 from medstudy.config import ClaimsConfig
+from medstudy.corruption import chance_normalised_drop
 from medstudy.ssl import METHODS
 
 
@@ -24,45 +25,50 @@ class NotRunError(Exception):
 # --------------------------------------------------------------------------------------------
 # Statistics of a comparison
 # --------------------------------------------------------------------------------------------
-def _relative_drop(values: np.ndarray, conditions: np.ndarray) -> float:
-    # values[0] is the clean metric; the others are the distorted conditions.
-    return float(np.mean((values[0] - values[1:]) / values[0]))
+def _chance_drop(values: np.ndarray, conditions: np.ndarray, chance: float) -> float:
+    # values[0] is the clean metric; the others are the distorted conditions. A clean metric at
+    # or below chance leaves the drop undefined: NaN (the row is then inconclusive), never a
+    # silent number (medstudy.corruption.chance_normalised_drop).
+    drops = chance_normalised_drop(values[0], values[1:], chance, on_undefined="nan")
+    return float(np.mean(drops))
 
 
 @dataclass(frozen=True)
 class Statistic:
     """A scalar summary of one arm's per-condition metric values.
 
-    ``reduce(values, conditions)`` gets the metric at each condition (one label fraction, or the
-    clean set followed by each distortion) and the condition values (fractions, or indices).
+    ``reduce(values, conditions, chance)`` gets the metric at each condition (one label
+    fraction, or the clean set followed by each distortion), the condition values (fractions,
+    or indices) and the metric's chance level (AUC 0.5, kappa 0).
     ``better`` is +1 if higher is better, −1 if lower is better.
     """
 
     name: str
     better: int
-    reduce: Callable[[np.ndarray, np.ndarray], float]
+    reduce: Callable[[np.ndarray, np.ndarray, float], float]
     description: str
 
 
 STATISTICS: dict[str, Statistic] = {
-    "metric": Statistic("metric", +1, lambda v, c: float(v[0]), "the primary metric"),
+    "metric": Statistic("metric", +1, lambda v, c, chance: float(v[0]), "the primary metric"),
     "slope": Statistic(
         "slope",
         -1,
-        lambda v, c: stats.label_efficiency_slope(c, v),
+        lambda v, c, chance: stats.label_efficiency_slope(c, v),
         "OLS slope of the metric vs log10(label fraction): smaller = degrades less",
     ),
     "aulc": Statistic(
         "aulc",
         +1,
-        lambda v, c: stats.area_under_label_curve(c, v),
+        lambda v, c, chance: stats.area_under_label_curve(c, v),
         "area under the metric vs log10(label fraction) curve, normalised to a mean metric",
     ),
-    "relative_drop": Statistic(
-        "relative_drop",
+    "chance_drop": Statistic(
+        "chance_drop",
         -1,
-        _relative_drop,
-        "mean relative metric drop over the distortion suite, (clean - distorted) / clean",
+        _chance_drop,
+        "mean chance-normalised drop over the distortion suite, "
+        "(clean - distorted) / (clean - chance)",
     ),
 }
 
@@ -130,10 +136,23 @@ class Claim:
     direction: int = +1
     published: tuple[tuple[str, float], ...] = ()
     family: str = ""
+    #: The statistic the verdict rests on (the first of ``statistics`` unless named); the
+    #: others are reported as secondary (C4: the slope is primary, AULC secondary).
+    primary: str = ""
+    #: How a dataset's primary rows combine into its verdict: "all" = supported only if every
+    #: primary comparison is supported, contradicted if any is (C5 is conjunctive: curriculum
+    #: beats scratch AND natural init); "each" = every comparison is its own claim instance.
+    combine: str = "all"
 
     def __post_init__(self) -> None:
         if not self.family:
             object.__setattr__(self, "family", self.id)
+        if not self.primary:
+            object.__setattr__(self, "primary", self.statistics[0])
+        if self.primary not in self.statistics:
+            raise ValueError(f"claim {self.id}: primary {self.primary!r} not in {self.statistics}")
+        if self.combine not in ("all", "each"):
+            raise ValueError(f"claim {self.id}: unknown combine {self.combine!r}; valid: all, each")
         for value, registry, what in (
             (self.kind, EVALUATORS, "kind"),
             (self.fraction, FRACTION_RULES, "fraction rule"),

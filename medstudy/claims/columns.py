@@ -17,8 +17,11 @@ CLAIM_COLUMNS: tuple[str, ...] = (
     "verdict",
     "n_seeds",
     "n_test",
+    "df",
+    "mde",
 )
 EXTRA_COLUMNS: tuple[str, ...] = (
+    "role",
     "metric",
     "statistic",
     "protocol",
@@ -43,7 +46,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )
 #: Columns of the claims table that hold text (empty string, never NaN, when absent).
 TEXT_COLUMNS: tuple[str, ...] = (
-    "claim", "dataset", "comparison", "verdict", "metric", "statistic", "protocol", "stage",
+    "claim", "dataset", "comparison", "verdict", "role", "metric", "statistic", "protocol", "stage",
     "test", "arm_a", "arm_b", "seeds", "reason", "note", "runs_a", "runs_b", "correction",
     "profile",
 )  # fmt: skip

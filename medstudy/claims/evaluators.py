@@ -198,7 +198,7 @@ def evaluate_robustness(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> l
             rows.append(
                 compare_row(
                     claim, cfg, ds, groups, (a, claim.protocol), (b, claim.protocol),
-                    [CLEAN, *distorted], distortion_of, statistic="relative_drop",
+                    [CLEAN, *distorted], distortion_of, statistic="chance_drop",
                     note=f"{len(distorted)} distorted conditions ({n_kinds} distortions)",
                 )
             )  # fmt: skip

@@ -1,6 +1,6 @@
 """The test rule: one comparison ``statistic(A) − statistic(B)`` over paired seeds and cases.
 
-The rule itself (hierarchical bootstrap with S ≥ 2 seeds, DeLong or a paired BCa bootstrap
+The rule itself (the seed × case t test with S ≥ 2 seeds, DeLong or a paired BCa bootstrap
 with one) is stated in the package docstring (:mod:`medstudy.claims`).
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from medstudy import stats
 from medstudy.claims.claim import NotRunError, Statistic
@@ -76,6 +77,8 @@ class Outcome:
     estimate_b: float
     test: str
     n_test: int
+    df: float
+    mde: float
     seeds: list[int]
     runs_a: tuple[str, ...]
     runs_b: tuple[str, ...]
@@ -133,8 +136,10 @@ def compare(
     by_condition = METRICS[metric].per_condition(task, n_classes)
     cond = np.asarray(conditions, dtype=np.float64)
 
+    chance = METRICS[metric].chance(task, n_classes)
+
     def packed(y: np.ndarray, s: np.ndarray) -> float:
-        return statistic.reduce(by_condition(y, s), cond)
+        return statistic.reduce(by_condition(y, s), cond, chance)
 
     binary_auc = metric == "auc" and task == BINARY and statistic.name == "metric"
     fn: stats.Metric = packed
@@ -161,23 +166,44 @@ def compare(
     with warnings.catch_warnings():
         # a class absent from a multi-label resample is skipped by auc_score with a warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        if len(seeds) >= 2:
-            r = stats.hierarchical_bootstrap_diff(
-                fn, per_seed, n_boot=cfg.n_boot, seed=cfg.seed, alpha=cfg.alpha
-            )
-            test = "hierarchical bootstrap"
-        elif binary_auc:
-            r = _delong_as_result(details[0])
-            test = "delong"
-        else:
-            y, sa, sb = per_seed[0]
-            r = stats.paired_bootstrap(
-                fn, y, sa, sb, n_boot=cfg.n_boot, alpha=cfg.alpha, method="bca", seed=cfg.seed
-            )
-            test = "paired bootstrap (BCa)"
+        try:
+            r, test, df, se = _test(fn, per_seed, details, binary_auc, cfg)
+        except ValueError as err:  # e.g. a statistic undefined on the full test set
+            raise NotRunError(f"{a.arm} vs {b.arm}: {err}") from None
+    mde = stats.minimum_detectable_effect(se, df, cfg.alpha) if np.isfinite(se) else math.nan
     return Outcome(
-        r.diff, r.ci_low, r.ci_high, r.p_value, r.estimate_a, r.estimate_b, test, **common
+        r.diff,
+        r.ci_low,
+        r.ci_high,
+        r.p_value,
+        r.estimate_a,
+        r.estimate_b,
+        test,
+        df=df,
+        mde=mde,
+        **common,
     )
+
+
+def _test(
+    fn: stats.Metric, per_seed: PerSeed, details: list[Row], binary_auc: bool, cfg: ClaimsConfig
+) -> tuple[stats.PairedBootstrapResult | stats.SeedCaseResult, str, float, float]:
+    """The rule: S >= 2 seeds → the seed × case t test (both variance sources, Welch-
+    Satterthwaite df); one seed → DeLong (binary AUC, df = inf) or a paired BCa bootstrap. Returns
+    the result, the test's name, its df and the SE the minimum detectable effect uses (for one
+    seed: the CI half-width over the normal quantile)."""
+    if len(per_seed) >= 2:
+        r = stats.seed_case_test(fn, per_seed, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed)
+        return r, "seed-case t", r.df, r.se
+    z = float(sps.norm.ppf(1 - cfg.alpha / 2))
+    if binary_auc:
+        r0 = _delong_as_result(details[0])
+        return r0, "delong", math.inf, (r0.ci_high - r0.ci_low) / (2 * z)
+    y, sa, sb = per_seed[0]
+    r1 = stats.paired_bootstrap(
+        fn, y, sa, sb, n_boot=cfg.n_boot, alpha=cfg.alpha, method="bca", seed=cfg.seed
+    )
+    return r1, "paired bootstrap (BCa)", math.inf, (r1.ci_high - r1.ci_low) / (2 * z)
 
 
 def _delong_as_result(d: Row) -> stats.PairedBootstrapResult:

@@ -4,6 +4,7 @@ found, one claim's detail, and ``results/claims.csv``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from medstudy.claims.columns import (
     PER_SEED_COLUMNS,
     STAGE_NOTEBOOK,
     TEXT_COLUMNS,
+    VERDICTS,
     Row,
     comparison_label,
 )
@@ -25,18 +27,29 @@ from medstudy.claims.rows import make_row
 from medstudy.config import ClaimsConfig
 from medstudy.results import atomic_write
 
-#: Claim-level verdicts (over a claim's rows): see :func:`claim_verdicts`.
-CLAIM_VERDICTS: tuple[str, ...] = ("supported", "contradicted", "mixed", "inconclusive", "not run")
+#: Claim-level verdicts: the same three as a row's, plus "not run" (:func:`claim_verdicts`).
+CLAIM_VERDICTS: tuple[str, ...] = VERDICTS
 
 
-def _verdict(p_adj: float, effect: float, expected: int, alpha: float) -> str:
-    if not np.isfinite(p_adj) or not np.isfinite(effect):
-        return "inconclusive"
-    if p_adj < alpha and np.sign(effect) == expected:
-        return "supported"
-    if p_adj < alpha and np.sign(effect) == -expected:
-        return "contradicted"
-    return "inconclusive"
+def row_verdict(r: Any, cfg: ClaimsConfig) -> tuple[str, str]:
+    """The claims rule for one tested row (DESIGN §6): a directional verdict needs at least
+    ``cfg.min_seeds`` paired seeds, the family-adjusted p below alpha, AND the unadjusted CI on
+    the same side of 0 as the effect (so verdict and CI never disagree); otherwise
+    *inconclusive*, with the reason. Returns ``(verdict, reason)``."""
+    if not np.isfinite(r.p_adj) or not np.isfinite(r.effect):
+        return "inconclusive", "the effect or its p-value is undefined"
+    n = int(r.n_seeds) if pd.notna(r.n_seeds) else 0
+    if n < cfg.min_seeds:
+        return "inconclusive", (
+            f"{n} paired seed(s) < min_seeds {cfg.min_seeds}: training variance is not "
+            "estimable, so no directional verdict"
+        )
+    if r.p_adj >= cfg.alpha:
+        return "inconclusive", f"adjusted p {r.p_adj:.3g} >= alpha {cfg.alpha:g}"
+    side = np.sign(r.effect)
+    if not (np.sign(r.ci_low) == side and np.sign(r.ci_high) == side):
+        return "inconclusive", "the CI includes 0 although the adjusted p is below alpha"
+    return ("supported" if side == r.expected_sign else "contradicted"), ""
 
 
 def evaluate_claims(
@@ -68,11 +81,10 @@ def evaluate_claims(
         sel = (df["claim"] == family).to_numpy()
         p = df.loc[sel, "p"].to_numpy(dtype=float)
         df.loc[sel, "p_adj"] = stats.adjust_pvalues(p, cfg.correction)
-    tested = df["test"] != ""
-    df.loc[tested, "verdict"] = [
-        _verdict(r.p_adj, r.effect, r.expected_sign, cfg.alpha)
-        for r in df[tested].itertuples(index=False)
-    ]
+    tested = (df["test"] != "").to_numpy()
+    ruled = [row_verdict(r, cfg) for r in df[tested].itertuples(index=False)]
+    df.loc[tested, "verdict"] = [v for v, _ in ruled]
+    df.loc[tested, "reason"] = [why for _, why in ruled]
     df = df.assign(
         alpha=cfg.alpha,
         correction=cfg.correction,
@@ -186,21 +198,65 @@ def load_claims(results_dir: Path | None = None) -> pd.DataFrame:
     return df
 
 
-def claim_verdicts(claims: pd.DataFrame) -> pd.Series:
-    """One verdict per claim (indexed C1 … C9) from its rows: ``supported`` if at least one row
-    is supported and none contradicted, ``contradicted`` in the mirror case, ``mixed`` if both
-    occur, ``inconclusive`` if rows were tested but none reached significance, ``not run`` if no
-    row was tested."""
-    out = {}
+def dataset_verdicts(claims: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per (claim, dataset) from the claim's *primary* rows, combined as the
+    registry says (``Claim.combine``): "all" = supported only if every primary comparison is
+    supported, contradicted if any is, else inconclusive (C5: curriculum beats scratch AND
+    natural init); "each" = every comparison counts as its own instance. Rows not run are
+    left out; a dataset with none tested is "not run"."""
+    out = []
+    for cid, claim in CLAIMS.items():
+        rows = claims[(claims["claim"] == cid) & (claims["statistic"] == claim.primary)]
+        groups = rows.groupby(["dataset"] if claim.combine == "all" else ["dataset", "comparison"])
+        for key, g in groups:
+            verdicts = list(g.loc[g["verdict"] != "not run", "verdict"])
+            name = key if isinstance(key, str) else " / ".join(map(str, key))
+            if not verdicts:
+                v = "not run"
+            elif "contradicted" in verdicts:
+                v = "contradicted"
+            elif all(x == "supported" for x in verdicts):
+                v = "supported"
+            else:
+                v = "inconclusive"
+            out.append({"claim": cid, "instance": name, "verdict": v})
+    return pd.DataFrame(out, columns=["claim", "instance", "verdict"])
+
+
+def claim_summary(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per claim: "supported on k of n datasets, contradicted on j" over the tested instances
+    (:func:`dataset_verdicts`), and a claim-level verdict from the same three: supported if
+    every tested instance is, contradicted if every one is, not run if none was tested, else
+    inconclusive (there is no "mixed")."""
+    per = dataset_verdicts(claims)
+    rows = []
     for cid in CLAIMS:
-        verdicts = set(claims.loc[claims["claim"] == cid, "verdict"])
-        sup, con = "supported" in verdicts, "contradicted" in verdicts
-        if sup and con:
-            out[cid] = "mixed"
-        elif sup or con:
-            out[cid] = "supported" if sup else "contradicted"
-        elif "inconclusive" in verdicts:
-            out[cid] = "inconclusive"
+        v = per.loc[(per["claim"] == cid) & (per["verdict"] != "not run"), "verdict"]
+        n, k, j = len(v), int((v == "supported").sum()), int((v == "contradicted").sum())
+        if n == 0:
+            verdict = "not run"
+        elif k == n:
+            verdict = "supported"
+        elif j == n:
+            verdict = "contradicted"
         else:
-            out[cid] = "not run"
-    return pd.Series(out, name="verdict")
+            verdict = "inconclusive"
+        unit = "datasets" if CLAIMS[cid].combine == "all" else "comparisons"
+        text = f"supported on {k} of {n} {unit}, contradicted on {j}" if n else "not run"
+        rows.append(
+            {
+                "claim": cid,
+                "verdict": verdict,
+                "n": n,
+                "supported": k,
+                "contradicted": j,
+                "summary": text,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def claim_verdicts(claims: pd.DataFrame) -> pd.Series:
+    """The claim-level verdict of :func:`claim_summary`, indexed by claim id."""
+    summary = claim_summary(claims)
+    return pd.Series(summary["verdict"].to_numpy(), index=summary["claim"], name="verdict")

@@ -49,6 +49,7 @@ from medstudy.pretrain import load_encoder
 from medstudy.results import (
     Run,
     copy_run,
+    find_runs,
     is_done,
     metric_rows,
     predictions_frame,
@@ -94,6 +95,7 @@ __all__ = [
     "Unit",
     "cached_features",
     "feature_cache_dir",
+    "find_unit",
     "finetune_settings",
     "ids_hash",
     "load_transfer_data",
@@ -226,3 +228,17 @@ def load_unit_classifier(stage: str, rid: str, device: str = "cpu") -> Classifie
             f"unit {rid} is {protocol!r}: only 'linear' and 'finetune' units are networks"
         )
     return Classifier(backbone, head).to(resolve_device(device)).eval()
+
+
+def find_unit(stage: str, **where: object) -> str:
+    """The run_id of the one finished unit of ``stage`` whose config matches ``where`` (e.g.
+    dataset, arm, protocol, fraction, seed, image_size). None or several is an error naming
+    them, never a silent pick: later stages (04–06) find notebook 02's models this way."""
+    found = find_runs(stage, where)
+    if len(found) != 1:
+        what = "no finished" if not found else f"{len(found)} finished ({found})"
+        raise FileNotFoundError(
+            f"{what} {stage} unit(s) for {where}: run notebook 02 for this dataset and arm first "
+            "(run_all.sh --only 02), or remove stale runs so that one remains"
+        )
+    return found[0]
