@@ -33,15 +33,18 @@ import yaml
 from medstudy import paths
 from medstudy.config import (
     ClaimsConfig,
+    InterpretConfig,
     LabelEfficiencyConfig,
     PretrainConfig,
+    RepresentationsConfig,
+    RobustnessConfig,
     StageConfig,
     TransferConfig,
     validate_dataset,
 )
 from medstudy.data.info import INFO
 from medstudy.data.loaders import file_md5
-from medstudy.results import atomic_write, now_iso, write_json
+from medstudy.results import now_iso, write_json
 
 #: How a notebook is split into papermill jobs: one per dataset × arm, per dataset, or once.
 FAN_OUTS: tuple[str, ...] = ("dataset_arm", "dataset", "once")
@@ -67,6 +70,11 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
         NotebookSpec(
             "03_label_efficiency", LabelEfficiencyConfig, "dataset", LabelEfficiencyConfig.stage
         ),
+        NotebookSpec(
+            "04_representations", RepresentationsConfig, "dataset", RepresentationsConfig.stage
+        ),
+        NotebookSpec("05_interpretability", InterpretConfig, "dataset", InterpretConfig.stage),
+        NotebookSpec("06_robustness", RobustnessConfig, "dataset", RobustnessConfig.stage),
         NotebookSpec("07_robustness_stats", ClaimsConfig, "once", ""),
     )
 }
@@ -208,8 +216,12 @@ def expand(
                             Job(nb, f"{key}__s{seed}", {**params, "seed": seed}, ds, upstream)
                         )
             else:
-                params = {**common, "dataset": ds}
-                params.update({f"pretrain_{k}": v for k, v in pretrain.items()})
+                # the profile's shared keys go to the notebooks whose config has them (06 has
+                # no pretrain_* fields); the notebook's own keys always go (and are validated)
+                fields_ = {f.name for f in fields(NOTEBOOKS[nb].config)}
+                shared = {**common, **{f"pretrain_{k}": v for k, v in pretrain.items()}}
+                params = {k: v for k, v in shared.items() if k in fields_}
+                params["dataset"] = ds
                 params.update(nb_spec)
                 params.update(over)
                 jobs.append(Job(nb, ds, params, ds, upstream))
@@ -266,6 +278,11 @@ def is_finished(job: Job, root: Path) -> bool:
     return json.loads(stamp.read_text()).get("hash") == job_hash(job, root)
 
 
+def failed_output(job: Job, root: Path) -> Path:
+    """Where a job's notebook is executed, and stays when it fails."""
+    return paths.executed_dir(root) / f"{job.name}.partial.ipynb"
+
+
 def execute(job: Job, root: Path) -> float:
     """Run one job with papermill; returns wall seconds. Raises on failure."""
     import papermill as pm  # imported here: it starts slowly and only a run needs it
@@ -274,19 +291,19 @@ def execute(job: Job, root: Path) -> float:
     out = job.output(root)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    # Written to a temp name and renamed: an interrupted job never leaves an executed notebook
-    # that looks finished.
-    atomic_write(
-        out,
-        lambda tmp: pm.execute_notebook(
-            str(notebook),
-            str(tmp),
-            parameters=job.params,
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(paths.notebooks_dir()),
-        ),
+    # Executed under a ".partial" name and renamed on success: an interrupted job never leaves
+    # an executed notebook that looks finished, and a failed one is kept for the reader (the
+    # error message points to it).
+    partial = failed_output(job, root)
+    pm.execute_notebook(
+        str(notebook),
+        str(partial),
+        parameters=job.params,
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(paths.notebooks_dir()),
     )
+    os.replace(partial, out)
     wall = time.perf_counter() - t0
     write_json(
         job.stamp(root),
@@ -333,7 +350,7 @@ def run(
         except Exception as err:  # noqa: BLE001 - report which notebook to open, then stop
             print(
                 f"\n[medstudy] FAILED: {job.name}: {type(err).__name__}: {str(err)[:2000]}\n"
-                f"Open the executed notebook to see the failing cell: {job.output(root)}",
+                f"Open the executed notebook to see the failing cell: {failed_output(job, root)}",
                 file=sys.stderr,
             )
             return 1

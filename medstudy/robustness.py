@@ -34,7 +34,6 @@ from medstudy.evaluate.finetune import predict_scores
 from medstudy.metrics import compute_metrics
 from medstudy.results import (
     Run,
-    find_runs,
     is_done,
     metric_rows,
     predictions_frame,
@@ -42,7 +41,7 @@ from medstudy.results import (
     run_id,
 )
 from medstudy.runtime import derive_seed, make_generator, resolve_device
-from medstudy.transfer import load_unit_classifier
+from medstudy.transfer import find_unit, load_unit_classifier
 from medstudy.transfer import unit_paths as transfer_unit_paths
 
 if TYPE_CHECKING:
@@ -86,24 +85,16 @@ def distorted(images_u8: torch.Tensor, condition: Condition, dataset: str) -> to
 
 
 def source_unit(cfg: RobustnessConfig, arm: str, seed: int) -> str:
-    """The run_id of the transfer unit (arm, seed) this stage distorts; none or several finished
-    candidates is an error naming them (never a silent pick)."""
-    where = {
-        "dataset": cfg.dataset,
-        "arm": arm,
-        "protocol": cfg.protocol,
-        "fraction": cfg.fraction,
-        "seed": seed,
-        "image_size": cfg.image_size,
-    }
-    found = find_runs(cfg.source_stage, where)
-    if len(found) != 1:
-        what = "no finished" if not found else f"{len(found)} finished ({found})"
-        raise FileNotFoundError(
-            f"{what} {cfg.source_stage} unit(s) for {where}: run notebook 02 for this dataset "
-            "first (run_all.sh --only 02), or remove stale runs so that one remains"
-        )
-    return found[0]
+    """The run_id of the transfer unit (arm, seed) this stage reads (:func:`find_unit`)."""
+    return find_unit(
+        cfg.source_stage,
+        dataset=cfg.dataset,
+        arm=arm,
+        protocol=cfg.protocol,
+        fraction=cfg.fraction,
+        seed=seed,
+        image_size=cfg.image_size,
+    )
 
 
 def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:

@@ -23,9 +23,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "synth_lesions"  # a key of medstudy.data.INFO, or a MedMNIST-format <name>.npz
-arm: str = (
-    "ssl:simclr"  # scratch | natural_sup | ssl:<method> | natural_sup+ssl:<method> | curriculum
-)
+arm: str = "ssl:simclr"  # scratch, natural_sup, ssl:<m>, natural_sup+ssl:<m> or curriculum
 backbone: str = "resnet20_cifar"  # a key of medstudy.models.BACKBONES, or "timm:<model>"
 image_size: int = 28  # pixels (MedMNIST sizes: 28, 64, 128, 224)
 epochs: int = 1  # pretraining epochs; 0 trains nothing (init only)

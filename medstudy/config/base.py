@@ -1,0 +1,145 @@
+"""The base of every stage config: strict construction, type checks, shared validators."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
+
+from medstudy import arms, paths
+from medstudy.data.info import INFO
+from medstudy.models import validate_backbone
+from medstudy.runtime import DEVICES
+
+C = TypeVar("C", bound="StageConfig")
+
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "finetune")
+FUSION_MODES: tuple[str, ...] = ("encoders", "dims", "concat")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type, or has an invalid value."""
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a simple annotation; ints are accepted where floats are expected."""
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in get_args(annotation):
+            try:
+                return _check_type(name, value, option)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"parameter {name!r}={value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"parameter {name!r} must be None, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(
+                f"parameter {name!r} must be a list, got {type(value).__name__} {value!r}"
+            )
+        (item,) = get_args(annotation)[:1] or (Any,)
+        return tuple(_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"parameter {name!r} must be a dict, got {value!r}")
+        return value
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"parameter {name!r} must be a float, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"parameter {name!r} must be an int, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"parameter {name!r} must be true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"parameter {name!r} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation} for {name}")  # a bug in this module
+
+
+def validate_dataset(name: str) -> str:
+    """A dataset must be in INFO or be a ``<name>.npz`` in the data dir."""
+    if name in INFO or (paths.data_dir() / f"{name}.npz").exists():
+        return name
+    raise ConfigError(
+        f"unknown dataset {name!r}; valid: {sorted(INFO)} "
+        f"or any MedMNIST-format <name>.npz in {paths.data_dir()}"
+    )
+
+
+def validate_arm(arm: str) -> str:
+    """Arms: scratch, natural_sup, natural_ssl, ssl:<m>, natural_sup+ssl:<m>, curriculum."""
+    try:
+        return arms.validate_arm(arm)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate_backbone_name(name: str) -> str:
+    try:
+        return validate_backbone(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ConfigError(f"parameter 'device' must be one of {list(DEVICES)}, got {device!r}")
+    return device
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"parameter {name!r} must be {'>= 0' if allow_zero else '> 0'}: {value}")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base: strict construction from parameters."""
+
+    stage: ClassVar[str] = ""
+
+    @classmethod
+    def from_params(cls: type[C], **params: Any) -> C:
+        hints = get_type_hints(cls)
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}"
+            )
+        checked = {k: _check_type(k, v, hints[k]) for k, v in params.items()}
+        return cls(**checked)
+
+    @classmethod
+    def from_namespace(cls: type[C], namespace: Mapping[str, Any]) -> C:
+        """The config from a notebook's namespace (its parameters cell): every field found there
+        is taken, through :meth:`from_params` (types checked). A notebook builds its config in
+        one line, ``Config.from_namespace(globals())``; tests/test_notebooks.py checks that every
+        parameter of the notebook is a field with the same default."""
+        return cls.from_params(
+            **{f.name: namespace[f.name] for f in fields(cls) if f.name in namespace}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the computation (hashed into a run id): every field except
+        display-only ones (``field(metadata={"display": True})``)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("display")
+        }

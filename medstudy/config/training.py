@@ -1,0 +1,193 @@
+"""Configs of the training notebooks: 01 (pretraining), 02 and 03 (transfer, label fractions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from medstudy import arms
+from medstudy.config.base import (
+    FUSION_MODES,
+    PROTOCOLS,
+    ConfigError,
+    StageConfig,
+    _positive,
+    validate_arm,
+    validate_backbone_name,
+    validate_dataset,
+    validate_device,
+)
+from medstudy.data.info import INFO
+from medstudy.data.sampling import validate_fraction
+from medstudy.metrics import SELECT_METRICS
+from medstudy.ssl import get_method
+
+
+@dataclass(frozen=True)
+class PretrainConfig(StageConfig):
+    """Notebook 01: one init arm on one dataset."""
+
+    stage: ClassVar[str] = "pretrain"
+    dataset: str = "synth_lesions"
+    arm: str = "ssl:simclr"
+    backbone: str = "resnet20_cifar"
+    image_size: int = 28
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 0.06
+    # Backbone LR = lr * this for arms that start from natural-image weights
+    # (natural_sup+ssl:*); the fresh heads always train at lr. Below 1 keeps the natural
+    # features from being erased by the first large SSL steps.
+    natural_lr_mult: float = 1.0
+    weight_decay: float = 5e-4
+    max_train: int = 512  # 0 = the whole train split
+    curriculum: tuple[str, ...] = ("simclr:1", "spark:1")  # "method:epochs" stages
+    knn_k: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    # the SSL recipe whose augmented views notebook 01 shows
+    views_method: str = field(default="simclr", metadata={"display": True})
+
+    def __post_init__(self) -> None:
+        validate_dataset(self.dataset)
+        validate_arm(self.arm)
+        validate_backbone_name(self.backbone)
+        _positive("image_size", self.image_size)
+        _positive("epochs", self.epochs, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+        _positive("lr", self.lr)
+        _positive("natural_lr_mult", self.natural_lr_mult)
+        _positive("max_train", self.max_train, allow_zero=True)
+        _positive("knn_k", self.knn_k)
+        try:
+            get_method(self.views_method)
+        except ValueError as err:
+            raise ConfigError(f"parameter 'views_method': {err}") from None
+        validate_device(self.device)
+        try:
+            arms.parse_curriculum(self.curriculum)
+        except ValueError as err:
+            raise ConfigError(f"parameter 'curriculum': {err}") from None
+        if self.arm == "natural_ssl" and not self.backbone.startswith("timm:"):
+            raise ConfigError(
+                "arm 'natural_ssl' (DINO/SwAV/SimCLR ImageNet weights) needs a timm backbone "
+                "and a download; valid backbones for it: timm:resnet50"
+            )
+
+
+@dataclass(frozen=True)
+class TransferConfig(StageConfig):
+    """Notebooks 02 and 03: protocols on frozen or fine-tuned encoders, at label fractions."""
+
+    stage: ClassVar[str] = "transfer"
+    dataset: str = "synth_lesions"
+    arms: tuple[str, ...] = ("scratch", "natural_sup")
+    protocols: tuple[str, ...] = ("linear", "knn", "finetune")
+    fractions: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    finetune_arms: tuple[str, ...] = ()  # () = every arm when "finetune" is a protocol
+    finetune_fractions: tuple[float, ...] = ()  # () = every fraction
+    finetune_epochs: int = 20
+    finetune_lr: float = 0.05
+    backbone_lr_mult: float = 0.1  # pretrained backbone LR = finetune_lr * this
+    warmup_frozen_epochs: int = 0
+    finetune_augment: bool = True  # random resized crop + flip on train batches
+    finetune_select_on: str = ""  # val metric for early stopping / best epoch; "" = primary
+    finetune_min_steps: int = 1  # min optimiser steps per epoch (small fractions repeat data)
+    patience: int = 5
+    batch_size: int = 128
+    max_train: int = 0
+    # "pool": fractions are of the train split capped to max_train (seed-fixed pool);
+    # "split": of the whole train split, max_train capping each unit's labelled count.
+    fractions_of: str = "pool"
+    # "full": model selection (probe L2, early stopping) on the whole val split; "fraction":
+    # on a val subset of the same label fraction, >= 5 per class (a realistic low-label study).
+    val_labels: str = "full"
+    fusion_arms: tuple[str, ...] = ()  # DVME inputs; () = no fusion
+    fusion_modes: tuple[str, ...] = ("encoders", "dims", "concat")
+    backbone: str = "resnet20_cifar"
+    image_size: int = 28
+    pretrain_epochs: int = 1
+    pretrain_batch_size: int = 256
+    pretrain_lr: float = 0.06
+    pretrain_natural_lr_mult: float = 1.0
+    pretrain_max_train: int = 512
+    pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
+    pretrain_seed: int = 0
+    # Pretraining replicates (DESIGN §6): downstream seed s uses the encoder pretrained with
+    # seed s, so CIs over seeds cover the pretraining's randomness; False: every seed uses the
+    # encoder of pretrain_seed (one pretraining run per arm).
+    pretrain_paired: bool = False
+    device: str = "cpu"
+    n_boot: int = field(default=500, metadata={"display": True})  # replicates of plotted CIs
+
+    def __post_init__(self) -> None:
+        validate_dataset(self.dataset)
+        validate_backbone_name(self.backbone)
+        validate_device(self.device)
+        _positive("n_boot", self.n_boot)
+        for arm in (*self.arms, *self.fusion_arms, *self.finetune_arms):
+            validate_arm(arm)
+        for p in self.protocols:
+            if p not in PROTOCOLS:
+                raise ConfigError(f"unknown protocol {p!r}; valid: {list(PROTOCOLS)}")
+        for m in self.fusion_modes:
+            if m not in FUSION_MODES:
+                raise ConfigError(f"unknown fusion mode {m!r}; valid: {list(FUSION_MODES)}")
+        for f in (*self.fractions, *self.finetune_fractions):
+            try:
+                validate_fraction(f, "fractions")
+            except (TypeError, ValueError) as err:
+                raise ConfigError(str(err)) from None
+        if not self.arms or not self.seeds or not self.fractions:
+            raise ConfigError("parameters 'arms', 'seeds' and 'fractions' must be non-empty")
+        for name, value, valid in (
+            ("fractions_of", self.fractions_of, ("pool", "split")),
+            ("val_labels", self.val_labels, ("full", "fraction")),
+        ):
+            if value not in valid:
+                raise ConfigError(f"unknown {name} {value!r}; valid: {list(valid)}")
+        if len(self.fusion_arms) == 1:
+            raise ConfigError("parameter 'fusion_arms' needs >= 2 encoders (or none)")
+        for name in ("finetune_epochs", "batch_size", "patience", "finetune_min_steps"):
+            _positive(name, getattr(self, name))
+        _positive("finetune_lr", self.finetune_lr)
+        _positive("backbone_lr_mult", self.backbone_lr_mult, allow_zero=True)
+        if self.finetune_select_on not in SELECT_METRICS:
+            raise ConfigError(
+                f"unknown finetune_select_on {self.finetune_select_on!r}; "
+                f"valid: {list(SELECT_METRICS)}"
+            )
+        if self.finetune_select_on == "qwk" and self.dataset in INFO:
+            if INFO[self.dataset].task != "ordinal-regression":
+                raise ConfigError(
+                    f"finetune_select_on 'qwk' needs an ordinal dataset; {self.dataset!r} is "
+                    f"{INFO[self.dataset].task}"
+                )
+
+    def pretrain_config(self, arm: str, seed: int | None = None) -> PretrainConfig:
+        """The notebook-01 config that produced ``arm``'s encoder (to find its checkpoint)."""
+        return PretrainConfig(
+            dataset=self.dataset,
+            arm=arm,
+            backbone=self.backbone,
+            image_size=self.image_size,
+            epochs=self.pretrain_epochs,
+            batch_size=self.pretrain_batch_size,
+            lr=self.pretrain_lr,
+            natural_lr_mult=self.pretrain_natural_lr_mult,
+            max_train=self.pretrain_max_train,
+            curriculum=self.pretrain_curriculum,
+            seed=self.pretrain_seed if seed is None else seed,
+            device=self.device,
+        )
+
+
+@dataclass(frozen=True)
+class LabelEfficiencyConfig(TransferConfig):
+    """Notebook 03: the transfer protocols at label fractions (stratified, nested, seeded)."""
+
+    stage: ClassVar[str] = "label_efficiency"
+    protocols: tuple[str, ...] = ("linear", "knn")
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
