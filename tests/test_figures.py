@@ -56,7 +56,7 @@ def test_transfer_table_is_the_seed_mean_and_sd_at_the_largest_fraction(
     assert table.loc[(RETINA, "finetune", "scratch"), "qwk_sd"] == pytest.approx(
         ref["value"].std(ddof=1)
     )
-    assert (table["n_seeds"] == 2).all()
+    assert (table["n_seeds"] == 3).all()  # fake_results writes 3 seeds by default
     primary = figures.transfer_table(metrics, primary_only=True)
     assert list(primary.columns) == ["auc", "auc_sd", "qwk", "qwk_sd", "n_seeds"]
     assert primary.loc[PNEU, "qwk"].isna().all() and primary.loc[RETINA, "auc"].isna().all()
