@@ -63,7 +63,7 @@ from medstudy.results import (
 )
 from medstudy.runtime import derive_seed, resolve_device
 from medstudy.stats import bootstrap_ci
-from medstudy.transfer import find_unit, load_unit_classifier
+from medstudy.transfer import find_source_unit, load_unit_classifier
 from medstudy.transfer import unit_paths as transfer_unit_paths
 from medstudy.transfer.data import ids_hash
 
@@ -124,16 +124,8 @@ def select_sample(cfg: InterpretConfig) -> Sample:
 
 
 def source_unit(cfg: InterpretConfig, arm: str, seed: int) -> str:
-    """The run_id of the transfer unit (arm, seed) this stage reads (:func:`find_unit`)."""
-    return find_unit(
-        cfg.source_stage,
-        dataset=cfg.dataset,
-        arm=arm,
-        protocol=cfg.protocol,
-        fraction=cfg.fraction,
-        seed=seed,
-        image_size=cfg.image_size,
-    )
+    """The run_id of the transfer unit (arm, seed) this stage reads."""
+    return find_source_unit(cfg, arm, seed)
 
 
 def attribution_options(cfg: InterpretConfig, method: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from medstudy.results import (
     run_id,
 )
 from medstudy.runtime import derive_seed, make_generator, resolve_device
-from medstudy.transfer import find_unit, load_unit_classifier
+from medstudy.transfer import find_source_unit, load_unit_classifier
 from medstudy.transfer import unit_paths as transfer_unit_paths
 
 if TYPE_CHECKING:
@@ -85,16 +85,8 @@ def distorted(images_u8: torch.Tensor, condition: Condition, dataset: str) -> to
 
 
 def source_unit(cfg: RobustnessConfig, arm: str, seed: int) -> str:
-    """The run_id of the transfer unit (arm, seed) this stage reads (:func:`find_unit`)."""
-    return find_unit(
-        cfg.source_stage,
-        dataset=cfg.dataset,
-        arm=arm,
-        protocol=cfg.protocol,
-        fraction=cfg.fraction,
-        seed=seed,
-        image_size=cfg.image_size,
-    )
+    """The run_id of the transfer unit (arm, seed) this stage reads."""
+    return find_source_unit(cfg, arm, seed)
 
 
 def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:

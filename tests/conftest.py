@@ -37,3 +37,31 @@ def results_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests never reach the network: a download attempt fails at once with the clear message.
     monkeypatch.setenv("MEDSTUDY_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def finetuned_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder with one real fine-tuned transfer unit (scratch, synth_lesions, seed
+    0, a few steps): the input of the stages that read notebook 02's models (05, 06)."""
+    import torch
+
+    from medstudy.config import TransferConfig
+    from medstudy.transfer import run_transfer
+
+    root = tmp_path_factory.mktemp("finetuned_results")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSTUDY_RESULTS_DIR", str(root))
+        cfg = TransferConfig(
+            dataset="synth_lesions",
+            arms=("scratch",),
+            protocols=("finetune",),
+            max_train=96,
+            finetune_epochs=1,
+            patience=1,
+            batch_size=32,
+        )
+        run_transfer(cfg)
+    torch.set_num_threads(threads)
+    return root

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medstudy.config import ConfigError, RobustnessConfig, TransferConfig
+from medstudy.config import ConfigError, RobustnessConfig
 from medstudy.results import collect_predictions, finished_run_ids
 from medstudy.robustness import run_robustness, suite
-from medstudy.transfer import run_transfer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,21 +24,8 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSTUDY_RESULTS_DIR", str(root))
-        cfg = TransferConfig(
-            dataset="synth_lesions",
-            arms=("scratch",),
-            protocols=("finetune",),
-            max_train=96,
-            finetune_epochs=1,
-            patience=1,
-            batch_size=32,
-        )
-        run_transfer(cfg)
-    return root
+def finetuned(finetuned_synth: Path) -> Path:
+    return finetuned_synth
 
 
 def _cfg(**kw: object) -> RobustnessConfig:

@@ -36,6 +36,7 @@ every layer at ``finetune_lr`` from the first epoch (there is nothing to protect
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,7 @@ __all__ = [
     "Unit",
     "cached_features",
     "feature_cache_dir",
+    "find_source_unit",
     "find_unit",
     "finetune_settings",
     "ids_hash",
@@ -242,3 +244,17 @@ def find_unit(stage: str, **where: object) -> str:
             "(run_all.sh --only 02), or remove stale runs so that one remains"
         )
     return found[0]
+
+
+def find_source_unit(cfg: Any, arm: str, seed: int) -> str:
+    """:func:`find_unit` for a later stage's config that names its source units by
+    ``source_stage``, ``dataset``, ``protocol``, ``fraction`` and ``image_size`` (05, 06)."""
+    return find_unit(
+        cfg.source_stage,
+        dataset=cfg.dataset,
+        arm=arm,
+        protocol=cfg.protocol,
+        fraction=cfg.fraction,
+        seed=seed,
+        image_size=cfg.image_size,
+    )
