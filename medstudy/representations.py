@@ -30,10 +30,8 @@ A representation statistic is a property of a *set* of cases, so there is no per
 save. The honest per-case record is the features themselves: each run holds
 ``features_<layer>.npz`` (``features`` (N, D) float32, ``sample_id``, ``labels``), exactly the
 arrays the metrics were computed from. :func:`load_features` reads one layer;
-:func:`paired_features` returns ``[(labels, features_arm, features_reference)]`` over the seeds
-both arms share, which is the ``per_seed`` input of :func:`medstudy.stats.seed_case_test` with a
-metric of :data:`CASE_STATISTICS` (C9: effective rank of the last layer, arm − scratch; the case
-bootstrap resamples rows and recomputes the statistic).
+:func:`paired_features` gives the ``per_seed`` input of the claims layer's seed × case test with
+a :data:`CASE_STATISTICS` metric (C9, :mod:`medstudy.claims.case_evaluators`).
 
 From the saved features: :func:`statistics_table` (CIs over cases), :func:`cka_table` (linear CKA
 between arms per layer, between layers per arm), :func:`embeddings` (seeded t-SNE, cached as
@@ -286,6 +284,20 @@ def _units(metrics: pd.DataFrame) -> pd.DataFrame:
     return u.sort_values(["dataset", "source", "arm", "seed"]).reset_index(drop=True)
 
 
+def paired_units(
+    metrics: pd.DataFrame, arm: str, reference: str = "scratch", source: str = "pretrained"
+) -> list[tuple[int, str, str]]:
+    """``[(seed, run_id of arm, run_id of reference)]`` for every seed both arms hold for
+    ``source`` (sorted). ``metrics`` must hold one dataset."""
+    units = _units(metrics)
+    if units["dataset"].nunique() > 1:
+        raise ValueError(f"metrics hold datasets {sorted(units['dataset'].unique())}; pass one")
+    units = units[units["source"] == source]
+    by = {a: dict(zip(g["seed"], g["run_id"], strict=True)) for a, g in units.groupby("arm")}
+    shared = sorted(set(by.get(arm, {})) & set(by.get(reference, {})))
+    return [(int(s), by[arm][s], by[reference][s]) for s in shared]
+
+
 def paired_features(
     metrics: pd.DataFrame,
     arm: str,
@@ -294,18 +306,13 @@ def paired_features(
     layer: str = LAST,
     root: Path | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``[(labels, features_arm, features_reference)]`` for every seed both arms share (sorted),
-    on the same cases: the ``per_seed`` input of :func:`medstudy.stats.seed_case_test`.
-    ``metrics`` must hold one dataset (e.g. one run of :func:`run_representations`)."""
-    units = _units(metrics)
-    if units["dataset"].nunique() != 1:
-        raise ValueError(f"metrics hold datasets {sorted(units['dataset'].unique())}; pass one")
-    units = units[units["source"] == source]
-    by = {a: dict(zip(g["seed"], g["run_id"], strict=True)) for a, g in units.groupby("arm")}
-    shared = sorted(set(by.get(arm, {})) & set(by.get(reference, {})))
+    """``[(labels, features_arm, features_reference)]`` for every seed both arms share (sorted,
+    :func:`paired_units`), on the same cases: the ``per_seed`` input of
+    :func:`medstudy.stats.seed_case_test`. ``metrics`` must hold one dataset (e.g. one run of
+    :func:`run_representations`)."""
     out = []
-    for s in shared:
-        a, b = load_features(by[arm][s], layer, root), load_features(by[reference][s], layer, root)
+    for s, ra, rb in paired_units(metrics, arm, reference, source):
+        a, b = load_features(ra, layer, root), load_features(rb, layer, root)
         if not np.array_equal(a.sample_id, b.sample_id):
             raise ValueError(f"{arm} and {reference} (seed {s}) hold different samples")
         out.append((a.labels, a.features, b.features))

@@ -14,11 +14,12 @@
 # - Reads every finished run under `results/` (per-sample test predictions of notebooks 02,
 #   03 and, once they exist, 04–06) and tests each published claim C1–C9 of
 #   `medstudy.claims.CLAIMS` with a paired test on the same test cases (A − B).
-# - One rule for every row: one seed → DeLong (binary AUC) or a stratified BCa bootstrap
-#   (kappa, macro AUC, curve statistics); several seeds → a hierarchical bootstrap over seeds
-#   and test cases. p-values are corrected within each claim (Holm by default).
+# - One rule for every row: several seeds → the seed × case t test (training and test-case
+#   variance, Welch–Satterthwaite df); one seed → DeLong (binary AUC) or a stratified BCa
+#   bootstrap. p-values are corrected within each claim (Holm by default).
 # - Gives each row a verdict (*supported*, *contradicted*, *inconclusive*) with its effect,
-#   CI and adjusted p, or *not run* with the reason; no claim is dropped.
+#   CI, adjusted p, df and minimum detectable effect, or *not run* with the reason; a
+#   directional verdict needs ≥ `min_seeds` paired seeds. No claim is dropped.
 # - Writes `results/claims.csv` and `results/claims_per_seed.csv`, then builds the paper's
 #   tables, macros and figures in `<results>/paper/generated/` (and the PDF if LaTeX is installed).
 
@@ -68,6 +69,16 @@ from medstudy.claims import evaluate_claims
 
 claims = evaluate_claims(cfg=cfg)
 claims
+
+# %% [markdown]
+# ## One line per claim
+# Each claim's primary rows combined as the registry says (C5: both comparisons; C7, C9: each
+# comparison on its own): "supported on k of n datasets, contradicted on j".
+
+# %%
+from medstudy.claims import claim_summary
+
+claim_summary(claims)
 
 # %% [markdown]
 # ## Forest plot
@@ -130,7 +141,10 @@ claim_detail(claims, "C6")
 
 # %% [markdown]
 # ## C7 · attributions on lesions and lungs
-# Needs the attribution statistics of notebook 05.
+# Notebook 05's per-image attribution mass inside the ground-truth region (synth_lesions: all
+# lesions and each size class, minute lesions being the claim's point; chest X-ray: the lung
+# fields), SSL arm − reference, paired image by image over seeds. A method the sanity check
+# flags (insensitive to the weights) is left out, with a row that says so.
 
 # %%
 claim_detail(claims, "C7")
@@ -145,7 +159,9 @@ claim_detail(claims, "C8")
 
 # %% [markdown]
 # ## C9 · representation statistics
-# Needs the spectra, effective ranks and CKA of notebook 04.
+# Effective rank (primary) and condition number of the last layer of notebook 01's encoders on
+# notebook 04's fixed test sample, pretrained arm − scratch. The claim says pretraining
+# *changes* them, so either sign supports it; the bootstrap resamples the feature rows.
 
 # %%
 claim_detail(claims, "C9")

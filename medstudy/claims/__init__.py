@@ -55,9 +55,11 @@ seed s of B saw the same label subset and the same test cases).
   by :func:`claim_detail`); other rows list the per-seed point estimates there.
 
 All p-values are two-sided, so a significant effect of the wrong sign can be *contradicted*.
-Multiplicity: ``cfg.correction`` (Holm by default) within each claim's family (= the claim id)
-across all its tested rows (datasets × comparisons × statistics); rows without a p-value are
-excluded from the family. The verdict of a row (:func:`medstudy.claims.table.row_verdict`) is
+Multiplicity: ``cfg.correction`` (Holm by default) within each claim's family of *primary*
+rows (datasets × comparisons; the rows whose statistic is the claim's primary one, and for C7
+the regions it names), and separately within its secondary rows (C4's AULC, C7's pointing game
+and small / large lesions, C9's condition number), so descriptive rows never weaken the test
+of the claim itself; rows without a p-value are excluded from the family. The verdict of a row (:func:`medstudy.claims.table.row_verdict`) is
 directional only if all three hold: at least ``cfg.min_seeds`` (default 3) paired seeds (one
 seed compares two trained models, not two init methods), the adjusted p below alpha, and the
 unadjusted CI on the same side of 0 — then ``supported`` if the effect has the expected sign,
@@ -95,8 +97,15 @@ Claim-specific choices
   the chance-normalised drop ``mean_c (m_clean − m_c) / (m_clean − chance)`` (chance: AUC 0.5,
   kappa 0; :func:`medstudy.corruption.chance_normalised_drop`), lower is better. The plain
   relative drop would favour weak models, which have less room to fall.
-- C7 and C9 are "not run" until their stages exist (notebooks 05, 04); their tests need the
-  attribution and representation statistics, which have no evaluator here yet.
+- C7 and C9 test case-level values that are not predictions (:mod:`.case_evaluators`, the
+  same rule through :func:`medstudy.claims.rule.compare_cases`). C7: per-image attribution
+  mass in the lesion regions (synth_lesions: all / minute / small / large) or the lung fields
+  (chest X-ray), one comparison per (arm pair, method, region), methods flagged by the sanity
+  check left out. C9: effective rank (primary) and condition number of the last layer of the
+  pretrained encoders, arm − scratch, the bootstrap resampling feature rows; the claim is
+  two-sided (``direction = 0``: pretraining *changes* them), so it is never contradicted.
+- Generated data (synth_lesions) enter C7 only (``Claim.synthetic``); every other claim is
+  about medical images and leaves it out.
 """
 
 from medstudy.claims.claim import (

@@ -45,7 +45,8 @@ class Statistic:
 
     name: str
     better: int
-    reduce: Callable[[np.ndarray, np.ndarray, float], float]
+    #: None for a case-level statistic (C7, C9): its evaluator computes it from case values.
+    reduce: Callable[[np.ndarray, np.ndarray, float], float] | None
     description: str
 
 
@@ -69,6 +70,30 @@ STATISTICS: dict[str, Statistic] = {
         _chance_drop,
         "mean chance-normalised drop over the distortion suite, "
         "(clean - distorted) / (clean - chance)",
+    ),
+    # case-level statistics (reduce None): a mean over images of a per-image score (C7), or a
+    # property of the set of feature rows (C9); their evaluators hand the cases to the rule
+    "mass_in_mask": Statistic(
+        "mass_in_mask",
+        +1,
+        None,
+        "share of the positive attribution mass inside the region, mean over images",
+    ),
+    "pointing_game": Statistic(
+        "pointing_game", +1, None, "share of images whose top attribution pixel is in the region"
+    ),
+    "effective_rank": Statistic(
+        "effective_rank",
+        +1,
+        None,
+        "effective rank (Roy & Vetterli 2007) of the last layer's features on the test sample",
+    ),
+    "condition_number": Statistic(
+        "condition_number",
+        +1,
+        None,
+        "99.9th / 90th percentile of the PCA eigenvalues (100 components) of the standardised "
+        "last-layer features (the DR study's code)",
     ),
 }
 
@@ -120,7 +145,9 @@ class Claim:
     than B. ``kind`` is the key of ``EVALUATORS``; ``fraction`` a key of ``FRACTION_RULES``
     (``"full"`` = 1.0, ``"smallest"`` = the stage's smallest label fraction, ``"curve"`` =
     every fraction). ``published`` maps a dataset to the published effect in metric units (C3).
-    ``family`` is the multiplicity family (the claim id).
+    ``family`` is the multiplicity family (the claim id). ``direction = 0`` claims a
+    difference in either direction (C9: pretraining *changes* the statistics): a significant
+    effect of either sign supports it and nothing can contradict it.
     """
 
     id: str
@@ -139,6 +166,9 @@ class Claim:
     #: The statistic the verdict rests on (the first of ``statistics`` unless named); the
     #: others are reported as secondary (C4: the slope is primary, AULC secondary).
     primary: str = ""
+    #: Whether a generated dataset (synth_lesions) is tested too (C7's ground truth); the
+    #: other claims are about medical images and leave it out.
+    synthetic: bool = False
     #: How a dataset's primary rows combine into its verdict: "all" = supported only if every
     #: primary comparison is supported, contradicted if any is (C5 is conjunctive: curriculum
     #: beats scratch AND natural init); "each" = every comparison is its own claim instance.
@@ -151,6 +181,8 @@ class Claim:
             object.__setattr__(self, "primary", self.statistics[0])
         if self.primary not in self.statistics:
             raise ValueError(f"claim {self.id}: primary {self.primary!r} not in {self.statistics}")
+        if self.direction not in (-1, 0, 1):
+            raise ValueError(f"claim {self.id}: direction {self.direction} not in -1, 0, +1")
         if self.combine not in ("all", "each"):
             raise ValueError(f"claim {self.id}: unknown combine {self.combine!r}; valid: all, each")
         for value, registry, what in (

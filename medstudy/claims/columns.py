@@ -42,6 +42,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "alpha",
     "correction",
     "n_boot",
+    "min_seeds",
     "profile",
 )
 #: Columns of the claims table that hold text (empty string, never NaN, when absent).

@@ -24,33 +24,46 @@ from medstudy.claims.pairing import runs_of
 from medstudy.claims.rows import compare_row, expand, make_row, shared_conditions
 from medstudy.claims.rule import distortion_of, fraction_of
 from medstudy.config import ClaimsConfig
+from medstudy.data.info import INFO
 from medstudy.metrics import PRIMARY_METRIC
 
 
-def _claim_datasets(
-    claim: Claim, res: ResultsIndex, cfg: ClaimsConfig
+def claim_datasets(
+    claim: Claim, res: ResultsIndex, cfg: ClaimsConfig, available: Sequence[str] | None = None
 ) -> tuple[list[str], list[Row]]:
-    """Datasets to test, and "not run" rows for requested datasets that cannot be."""
+    """Datasets to test, and "not run" rows for requested datasets that cannot be.
+    ``available``: the datasets the stage has results for (default: those with test
+    predictions). A generated dataset (synth_lesions) is tested only by a claim that says
+    ``synthetic=True`` (C7: it is the ground truth of the lesion masks) or names it; the
+    published claims are about medical images."""
     if not res.has_stage(claim.stage):
         return [], [make_row(claim, "all", reason=stage_missing(claim.stage))]
-    available = res.datasets(claim.stage)
-    wanted = list(claim.datasets) or list(cfg.datasets) or available
+    if available is None:
+        available = res.datasets(claim.stage)
+    wanted = list(claim.datasets) or [
+        d for d in (cfg.datasets or available) if claim.synthetic or not is_generated(d)
+    ]
     todo, rows = [], []
     for ds in wanted:
         if cfg.datasets and ds not in cfg.datasets:
             reason = f"{ds} is not among the selected datasets {list(cfg.datasets)}"
             rows.append(make_row(claim, ds, reason=reason))
         elif ds not in available:
-            rows.append(make_row(claim, ds, reason=f"no {claim.stage} test predictions for {ds}"))
+            rows.append(make_row(claim, ds, reason=f"no {claim.stage} test results for {ds}"))
         else:
             todo.append(ds)
     return todo, rows
 
 
+def is_generated(dataset: str) -> bool:
+    """A procedurally generated dataset (``DatasetInfo.source == "generated"``)."""
+    return dataset in INFO and INFO[dataset].source == "generated"
+
+
 @evaluator("paired")
 def evaluate_paired(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[Row]:
     """C1, C2, C3, C5: the primary metric of arm A vs arm B at one label fraction."""
-    datasets, rows = _claim_datasets(claim, res, cfg)
+    datasets, rows = claim_datasets(claim, res, cfg)
     for ds in datasets:
         everything = res.select(claim.stage, ds, claim.protocol)
         if not everything:
@@ -75,7 +88,7 @@ def evaluate_paired(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[
 @evaluator("label_curve")
 def evaluate_label_curve(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[Row]:
     """C4: slope and area of the label-efficiency curve, A − B, per dataset."""
-    datasets, rows = _claim_datasets(claim, res, cfg)
+    datasets, rows = claim_datasets(claim, res, cfg)
     for ds in datasets:
         groups = res.select(claim.stage, ds, claim.protocol)
         pairs, missing = expand(claim, ds, groups, f" in {claim.stage}")
@@ -109,7 +122,7 @@ def evaluate_label_curve(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> 
 @evaluator("fusion_vs_best")
 def evaluate_fusion(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[Row]:
     """C8: every DVME variant vs the best single-encoder linear probe, chosen on val."""
-    datasets, rows = _claim_datasets(claim, res, cfg)
+    datasets, rows = claim_datasets(claim, res, cfg)
     label = f"fusion {MINUS} best single"
     for ds in datasets:
         groups = res.select(claim.stage, ds, fraction=1.0)
@@ -178,7 +191,7 @@ def _best_on_val(
 @evaluator("robustness")
 def evaluate_robustness(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[Row]:
     """C6: relative metric drop over the distortion suite, A − B (lower is better)."""
-    datasets, rows = _claim_datasets(claim, res, cfg)
+    datasets, rows = claim_datasets(claim, res, cfg)
     for ds in datasets:
         groups = res.select(claim.stage, ds, claim.protocol, fraction=1.0, clean_only=False)
         pairs, missing = expand(claim, ds, groups, f" in {claim.stage}")
@@ -204,14 +217,3 @@ def evaluate_robustness(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> l
             )  # fmt: skip
         rows += missing
     return rows
-
-
-@evaluator("pending")
-def evaluate_pending(claim: Claim, res: ResultsIndex, cfg: ClaimsConfig) -> list[Row]:
-    """C7, C9: no evaluator yet; the reason names the missing stage (or the missing code)."""
-    missing = [s for s in claim.stages if not res.has_stage(s)]
-    reason = "; ".join(stage_missing(s) for s in missing) or (
-        f"{', '.join(claim.stages)} results exist, but medstudy.claims has no evaluator for "
-        f"{claim.id} yet"
-    )
-    return [make_row(claim, "all", reason=reason)]

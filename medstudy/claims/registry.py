@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the evaluators register every ``kind`` a Claim is checked against
-from medstudy.claims import evaluators  # noqa: F401
+from medstudy.claims import case_evaluators, evaluators  # noqa: F401
 from medstudy.claims.claim import Claim
 
 _SRINIVASAN = "Srinivasan et al. 2022, PLOS ONE (DR)"
@@ -95,9 +95,22 @@ CLAIMS: dict[str, Claim] = {
             "SSL (+ natural init) attributions focus more on lesions, including minute ones; "
             "SSL CXR models focus more on the lungs",
             f"{_SRINIVASAN}; de Andrés Tamé et al. 2023",
-            "pending",
+            "attribution",
             ("interpretability",),
             "finetune",
+            (
+                ("ssl:*", "natural_sup"),
+                ("ssl:*", "scratch"),
+                ("natural_sup+ssl:*", "natural_sup"),
+                ("natural_sup+ssl:*", "scratch"),
+                ("curriculum", "natural_sup"),
+                ("curriculum", "scratch"),
+            ),
+            statistics=("mass_in_mask", "pointing_game"),
+            synthetic=True,  # synth_lesions' masks are the lesion ground truth
+            # each (arm pair, method, region) is its own instance: the claim names minute
+            # lesions and the lungs separately, and a method can fail where another holds
+            combine="each",
         ),
         Claim(
             "C8",
@@ -113,9 +126,18 @@ CLAIMS: dict[str, Claim] = {
             "C9",
             "Pretraining changes the statistics of the learned representations",
             _SRINIVASAN,
-            "pending",
+            "representation",
             ("representations",),
-            "linear",
+            "pretrained",  # the source: notebook 01's encoders, before any fine-tuning
+            (
+                ("natural_sup", "scratch"),
+                ("ssl:*", "scratch"),
+                ("natural_sup+ssl:*", "scratch"),
+                ("curriculum", "scratch"),
+            ),
+            statistics=("effective_rank", "condition_number"),
+            direction=0,  # "changes": either sign supports it
+            combine="each",
         ),
     )
 }

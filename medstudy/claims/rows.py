@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,7 +154,14 @@ def expand(
 ) -> tuple[list[tuple[str, str]], list[Row]]:
     """The claim's comparison patterns expanded over the arms in ``groups``: the (A, B) arm
     pairs to test, and "not run" rows (one per statistic) for patterns that match no arm."""
-    arms = sorted({k.arm for k in groups})
+    return expand_arms(claim, ds, {k.arm for k in groups}, where)
+
+
+def expand_arms(
+    claim: Claim, ds: str, present: Iterable[str], where: str
+) -> tuple[list[tuple[str, str]], list[Row]]:
+    """:func:`expand` over the arms ``present`` (for stages whose results are not predictions)."""
+    arms = sorted(set(present))
     pairs: list[tuple[str, str]] = []
     rows: list[Row] = []
     for pa, pb in claim.comparisons:

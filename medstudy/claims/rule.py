@@ -163,13 +163,55 @@ def compare(
         "runs_b": tuple(sorted(runs_b)),
         "per_seed": details,
     }
+    return _outcome(fn, per_seed, details, binary_auc, common, cfg, f"{a.arm} vs {b.arm}")
+
+
+def compare_cases(
+    fn: Callable[[np.ndarray, np.ndarray], float],
+    per_seed: PerSeed,
+    seeds: Sequence[int],
+    runs: tuple[Sequence[str], Sequence[str]],
+    cfg: ClaimsConfig,
+    what: str,
+) -> Outcome:
+    """The test rule on case-level values that are not predictions (C7: a per-image
+    attribution score, C9: a feature row): ``per_seed[i] = (strata, A_i, B_i)`` for seed
+    ``seeds[i]``, the rows of A_i and B_i the same cases in the same order at every seed, and
+    ``fn(strata, rows) -> float`` the statistic of a set of cases (the bootstrap resamples
+    rows within each stratum). ``effect = mean_s fn(A_s) - fn(B_s)``."""
+    if not per_seed:
+        raise NotRunError(f"{what}: no shared seed")
+    details = []
+    for seed, (y, sa, sb) in zip(seeds, per_seed, strict=True):
+        ea, eb = fn(y, sa), fn(y, sb)
+        est = (ea, eb, ea - eb, math.nan, math.nan, math.nan, "point estimate")
+        details.append({"seed": seed, **dict(zip(PER_SEED_COLUMNS[5:], est, strict=True))})
+    common = {
+        "n_test": int(per_seed[0][0].shape[0]),
+        "seeds": list(seeds),
+        "runs_a": tuple(sorted(set(runs[0]))),
+        "runs_b": tuple(sorted(set(runs[1]))),
+        "per_seed": details,
+    }
+    return _outcome(fn, per_seed, details, False, common, cfg, what)
+
+
+def _outcome(
+    fn: stats.Metric,
+    per_seed: PerSeed,
+    details: list[Row],
+    binary_auc: bool,
+    common: dict,
+    cfg: ClaimsConfig,
+    what: str,
+) -> Outcome:
     with warnings.catch_warnings():
         # a class absent from a multi-label resample is skipped by auc_score with a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             r, test, df, se = _test(fn, per_seed, details, binary_auc, cfg)
         except ValueError as err:  # e.g. a statistic undefined on the full test set
-            raise NotRunError(f"{a.arm} vs {b.arm}: {err}") from None
+            raise NotRunError(f"{what}: {err}") from None
     mde = stats.minimum_detectable_effect(se, df, cfg.alpha) if np.isfinite(se) else math.nan
     return Outcome(
         r.diff,

@@ -49,6 +49,8 @@ def row_verdict(r: Any, cfg: ClaimsConfig) -> tuple[str, str]:
     side = np.sign(r.effect)
     if not (np.sign(r.ci_low) == side and np.sign(r.ci_high) == side):
         return "inconclusive", "the CI includes 0 although the adjusted p is below alpha"
+    if r.expected_sign == 0:  # a two-sided claim ("changes"): either sign supports it
+        return "supported", ""
     return ("supported" if side == r.expected_sign else "contradicted"), ""
 
 
@@ -77,10 +79,11 @@ def evaluate_claims(
         columns=list(PER_SEED_COLUMNS),
     )
     df = pd.DataFrame(rows).drop(columns="_per_seed")
-    for family in df["claim"].unique():
-        sel = (df["claim"] == family).to_numpy()
-        p = df.loc[sel, "p"].to_numpy(dtype=float)
-        df.loc[sel, "p_adj"] = stats.adjust_pvalues(p, cfg.correction)
+    # one family per (claim, role): the verdict rests on the primary rows, which are not
+    # penalised by the claim's descriptive secondary rows (corrected among themselves)
+    for _, idx in df.groupby(["claim", "role"], sort=False).groups.items():
+        p = df.loc[idx, "p"].to_numpy(dtype=float)
+        df.loc[idx, "p_adj"] = stats.adjust_pvalues(p, cfg.correction)
     tested = (df["test"] != "").to_numpy()
     ruled = [row_verdict(r, cfg) for r in df[tested].itertuples(index=False)]
     df.loc[tested, "verdict"] = [v for v, _ in ruled]
@@ -89,6 +92,7 @@ def evaluate_claims(
         alpha=cfg.alpha,
         correction=cfg.correction,
         n_boot=cfg.n_boot,
+        min_seeds=cfg.min_seeds,
         profile=cfg.profile,
         n_seeds=df["n_seeds"].astype("Int64"),
         n_test=df["n_test"].astype("Int64"),

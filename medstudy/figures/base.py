@@ -430,10 +430,14 @@ def _row_label(r: pd.Series) -> str:
 
 
 def plot_forest(claims_df: pd.DataFrame) -> Figure:
-    """Forest plot: effect (A − B) with its CI per tested row, one panel per claim, coloured
-    by verdict; claims without a tested row are listed underneath with their reason."""
+    """Forest plot: effect (A − B) with its CI per tested *primary* row (secondary statistics
+    are in the table), one panel per claim on its statistic's own scale, coloured by verdict;
+    claims without a tested row are listed underneath with their reason."""
+    primary = claims_df["role"] != "secondary" if "role" in claims_df else True
     tested = claims_df[
-        (claims_df["verdict"] != "not run") & np.isfinite(claims_df["effect"].astype(float))
+        (claims_df["verdict"] != "not run")
+        & np.isfinite(claims_df["effect"].astype(float))
+        & primary
     ]
     order = [c for c in CLAIMS if c in set(tested["claim"])]
     untested = [c for c in CLAIMS if c not in order]
@@ -454,7 +458,7 @@ def plot_forest(claims_df: pd.DataFrame) -> Figure:
     if not order:
         axes[0, 0].axis("off")
         axes[0, 0].text(0.5, 0.5, "no claim could be tested yet", ha="center", va="center")
-    axes[-1, 0].set_xlabel(f"effect (A {MINUS} B, metric units)")
+    axes[-1, 0].set_xlabel(f"effect (A {MINUS} B, in the units of each panel's statistic)")
     handles = [
         Line2D([], [], color=VERDICT_COLOURS[v], marker="o", lw=2, label=v) for v in VERDICTS[:3]
     ]

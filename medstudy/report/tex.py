@@ -114,6 +114,7 @@ def claim_macros(claims: pd.DataFrame) -> dict[str, str]:
     m["Alpha"] = f"{alpha:g}"
     m["CILevel"] = f"{100 * (1 - alpha):g}"
     m["NBoot"] = str(int(first.get("n_boot", 0) or 0))
+    m["MinSeeds"] = str(int(first.get("min_seeds", 0) or 0))
     m["Correction"] = {"holm": "Holm", "fdr_bh": "Benjamini--Hochberg"}.get(
         str(first.get("correction", "")), tex_escape(first.get("correction", ""))
     )
