@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,6 +67,14 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.csv"
 PREDICTIONS_FILE = "predictions.parquet"
 DETAILS_FILE = "details.json"
+#: The details key of a copied run naming its origin ``"<stage>/<run_id>"`` (:func:`copy_run`).
+COPIED_FROM = "copied_from"
+#: Keys every finished run's manifest holds (:meth:`Run.manifest`); ``git`` holds GIT_KEYS.
+MANIFEST_KEYS: tuple[str, ...] = (
+    "stage", "run_id", "git", "versions", "inputs", "data", "seed", "device", "start", "end",
+    "wall_time_s",
+)  # fmt: skip
+GIT_KEYS: tuple[str, ...] = ("sha", "dirty")
 PACKAGES: tuple[str, ...] = (
     "numpy",
     "scipy",
@@ -104,6 +113,15 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp(\.[^.]+)?$")
+
+
+def is_temp_file(path: Path | str) -> bool:
+    """True for a leftover temp file of :func:`atomic_write` (``.<stem>.<random>.tmp<suffix>``),
+    which only a crash between the write and the rename leaves behind."""
+    return _TEMP_NAME.match(Path(path).name) is not None
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -380,6 +398,16 @@ def read_predictions(stage: str, rid: str, root: Path | None = None) -> pd.DataF
     return pd.read_parquet(run_dir / PREDICTIONS_FILE)
 
 
+def run_origin(details: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(stage, run_id)`` of the run a :func:`copy_run` copy was made from (its details record
+    the origin; its manifest is the origin's), or None for a run computed in its own folder."""
+    origin = details.get(COPIED_FROM)
+    if not isinstance(origin, str) or origin.count("/") != 1:
+        return None
+    stage, rid = origin.split("/")
+    return stage, rid
+
+
 def copy_run(rid: str, src_stage: str, dst_stage: str) -> Path:
     """Copy the finished run ``src_stage/rid`` to ``dst_stage/rid`` (same computation, another
     stage's folder): the ``stage`` column of its metrics and predictions is rewritten and
@@ -400,7 +428,7 @@ def copy_run(rid: str, src_stage: str, dst_stage: str) -> Path:
             df = pd.read_parquet(f).assign(stage=dst_stage)
             atomic_write(dst / f.name, lambda tmp, df=df: df.to_parquet(tmp, index=False))
         elif f.name == DETAILS_FILE:
-            details = {**json.loads(f.read_text()), "copied_from": f"{src_stage}/{rid}"}
+            details = {**json.loads(f.read_text()), COPIED_FROM: f"{src_stage}/{rid}"}
             write_json(dst / f.name, details)
         elif f.is_file():
             atomic_write(dst / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
