@@ -101,6 +101,9 @@ def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:
     images = TensorSplit.from_split(test, device).images
     inputs = {f"{cfg.dataset}.test": test.provenance.md5 or test.provenance.source}
     frames = []
+    # The distorted test sets are the same for every unit (the generator depends on the
+    # condition only): made once, on the first unit that needs them.
+    cache: dict[Condition, torch.Tensor] = {}
     for (arm, seed), src in sources.items():
         config = {
             "dataset": cfg.dataset,
@@ -114,7 +117,7 @@ def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:
         }
         rid = run_id(config, inputs)
         if not is_done(STAGE, rid):
-            _evaluate(cfg, config, inputs, src, conditions, test, images, device)
+            _evaluate(cfg, config, inputs, src, conditions, test, images, device, cache)
         frames.append(read_metrics(STAGE, rid))
     return pd.concat(frames, ignore_index=True)
 
@@ -128,6 +131,7 @@ def _evaluate(
     test: Split,
     images: torch.Tensor,
     device: torch.device,
+    cache: dict[Condition, torch.Tensor],
 ) -> None:
     info = test.info
     model = load_unit_classifier(cfg.source_stage, src, str(device))
@@ -137,7 +141,9 @@ def _evaluate(
     with Run(STAGE, config, inputs, data, seed, str(device)) as run:
         rows, preds = [], []
         for c in conditions:
-            x = distorted(images, c, cfg.dataset)
+            if c not in cache:
+                cache[c] = distorted(images, c, cfg.dataset)
+            x = cache[c]
             scores = predict_scores(
                 model, (x,), info, transform=lambda b, train, g: (to_model_input(b[0]),)
             )

@@ -35,6 +35,7 @@ curriculum: list[str] = ["simclr:1", "spark:1"]  # method:epochs stages, used by
 seed: int = 0  # seeds init, sampling, augmentation and batch order
 device: str = "cpu"  # cpu | cuda | auto (never changed silently)
 views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
+knn_every: int = 1  # kNN monitor every n epochs and at each stage's end (display only)
 
 # %%
 from medstudy.config import PretrainConfig

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -240,6 +241,25 @@ def test_same_seed_gives_the_same_loss_sequence(
         PretrainConfig(arm="ssl:simclr", **{**TINY, "seed": 1}), progress=False
     )
     assert c.history["loss"].tolist()[1:] != a.history["loss"].tolist()[1:]
+
+
+@pytest.mark.slow
+def test_knn_every_skips_monitoring_but_not_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = PretrainConfig(arm="ssl:simclr", **{**TINY, "epochs": 3})
+    _in(tmp_path / "every", monkeypatch)
+    every = pretrain_stage.pretrain(cfg, progress=False)
+    _in(tmp_path / "sparse", monkeypatch)
+    sparse = pretrain_stage.pretrain(
+        PretrainConfig(arm="ssl:simclr", **{**TINY, "epochs": 3, "knn_every": 2}), progress=False
+    )
+    assert sparse.run_id == every.run_id  # display-only: the same computation
+    assert _same_weights(every.checkpoint, sparse.checkpoint)
+    assert sparse.history["loss"].tolist()[1:] == every.history["loss"].tolist()[1:]
+    knn = sparse.history.set_index("epoch")["knn_acc"]
+    assert np.isnan(knn[1]) and not np.isnan(knn[[0, 2, 3]]).any()  # init, every 2nd, last
+    assert knn[3] == every.history.set_index("epoch")["knn_acc"][3]
 
 
 @pytest.mark.slow

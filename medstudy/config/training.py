@@ -47,6 +47,9 @@ class PretrainConfig(StageConfig):
     device: str = "cpu"
     # the SSL recipe whose augmented views notebook 01 shows
     views_method: str = field(default="simclr", metadata={"display": True})
+    # the kNN monitor runs after every knn_every-th epoch and after each stage's last one; it
+    # only observes (deterministic, BatchNorm mode restored), so the encoder does not depend on it
+    knn_every: int = field(default=1, metadata={"display": True})
 
     def __post_init__(self) -> None:
         validate_dataset(self.dataset)
@@ -59,6 +62,7 @@ class PretrainConfig(StageConfig):
         _positive("natural_lr_mult", self.natural_lr_mult)
         _positive("max_train", self.max_train, allow_zero=True)
         _positive("knn_k", self.knn_k)
+        _positive("knn_every", self.knn_every)
         try:
             get_method(self.views_method)
         except ValueError as err:

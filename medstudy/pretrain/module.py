@@ -9,6 +9,7 @@ a per-step cosine schedule after a linear warm-up.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -221,13 +222,18 @@ class PretrainModule(L.LightningModule):
     def end_epoch(self) -> dict[str, Any]:
         train_time = time.perf_counter() - self._epoch_t0
         t0 = time.perf_counter()
-        acc = knn_accuracy(
-            self.method.encoder(), self.train_data, self.val_data, self.n_classes, self.cfg.knn_k
-        )
+        epoch = self.epoch_offset + self.current_epoch + 1
+        stage_end = self.current_epoch + 1 >= int(self.trainer.max_epochs or 0)
+        acc = math.nan  # not monitored this epoch (cfg.knn_every)
+        if epoch % self.cfg.knn_every == 0 or stage_end:
+            acc = knn_accuracy(
+                self.method.encoder(), self.train_data, self.val_data, self.n_classes,
+                self.cfg.knn_k,
+            )  # fmt: skip
         row = {
             "stage": self.stage_index,
             "method": self.spec.name,
-            "epoch": self.epoch_offset + self.current_epoch + 1,
+            "epoch": epoch,
             "step": int(self.global_step),
             "loss": self._loss_sum / max(self._n_steps, 1),
             "knn_acc": acc,

@@ -47,7 +47,8 @@ def plot_history(history: pd.DataFrame) -> Figure:
     for method, part in trained.groupby("stage", sort=True):
         label = str(part["method"].iloc[0])
         ax_loss.plot(part["epoch"], part["loss"], marker="o", label=f"{method}: {label}")
-    ax_knn.plot(history["epoch"], history["knn_acc"], marker="o", color="k")
+    monitored = history.dropna(subset=["knn_acc"])  # epochs skipped by knn_every have none
+    ax_knn.plot(monitored["epoch"], monitored["knn_acc"], marker="o", color="k")
     for stage, part in trained.groupby("stage", sort=True):
         if int(stage) % 2 == 1:
             for ax in (ax_loss, ax_knn):
