@@ -25,9 +25,10 @@ def test_smoke_expansion_shape():
     spec = load_profile("smoke")
     jobs = expand(spec)
     n_ds = len(spec["datasets"])
+    n_01 = len(spec["notebooks"]["01_pretrain"].get("datasets") or spec["datasets"])
     n_arms = len(spec["notebooks"]["01_pretrain"]["arms"])
     by_nb = {nb: [j for j in jobs if j.notebook == nb] for nb in grid.NOTEBOOKS}
-    assert len(by_nb["01_pretrain"]) == n_ds * n_arms
+    assert len(by_nb["01_pretrain"]) == n_01 * n_arms
     n_02 = len(spec["notebooks"]["02_transfer"]["datasets"])  # a notebook's own dataset subset
     assert len(by_nb["02_transfer"]) == n_02 < n_ds and len(by_nb["07_robustness_stats"]) == 1
     j01 = by_nb["01_pretrain"][0]
