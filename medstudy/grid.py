@@ -209,12 +209,13 @@ def expand(
                     if not pretrain.get("paired"):
                         jobs.append(Job(nb, key, params, ds, upstream))
                         continue
-                    # Pretraining replicates: one run per downstream seed (seed s of 02/03
-                    # uses the encoder pretrained with seed s).
-                    for seed in downstream_seeds(spec, ds):
-                        jobs.append(
-                            Job(nb, f"{key}__s{seed}", {**params, "seed": seed}, ds, upstream)
-                        )
+                    # Pretraining replicates: one run per downstream seed (seed s of 02-06
+                    # uses the encoder pretrained with seed s), all in this arm's one job so
+                    # that the kernel start and the figures are paid once, not per seed; each
+                    # run keeps its own folder, so an interrupted job resumes seed by seed.
+                    seeds = downstream_seeds(spec, ds)
+                    replicates = {"seed": seeds[0], "replicates": seeds}
+                    jobs.append(Job(nb, key, {**params, **replicates}, ds, upstream))
             else:
                 # the profile's shared keys go to the notebooks whose config has them (06 has
                 # no pretrain_* fields); the notebook's own keys always go (and are validated)

@@ -33,6 +33,17 @@ class WeightsError(RuntimeError):
     """Weights are missing, unreachable offline, or belong to another architecture."""
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the NHWC memory layout (the same values; a no-op if it already is, or not 4-D).
+
+    Every backbone computes in this layout, weights (:func:`create_backbone`) and inputs alike:
+    oneDNN's convolutions are several times faster in NHWC on CPU for the small images of the
+    CPU profiles (benchmarks/README.md, "channels_last"), and the numbers are computed by
+    another kernel, so runs from before this layout differ at float rounding level.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 class Backbone(nn.Module):
     """A feature extractor made of sequential ``stages`` followed by global average pooling."""
 
@@ -43,6 +54,7 @@ class Backbone(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of every stage, in order (the last one is the un-pooled feature map)."""
         outs = []
+        x = channels_last(x)
         for stage in self.stages:
             x = stage(x)
             outs.append(x)
@@ -52,6 +64,7 @@ class Backbone(nn.Module):
         return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last(x)
         for stage in self.stages:
             x = stage(x)
         return self.pool(x)
@@ -217,7 +230,7 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._model is not None:
-            return self._model(x)
+            return self._model(channels_last(x))
         return super().forward(x)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -302,12 +315,13 @@ def create_backbone(
         backbone: Backbone = TimmBackbone(name.removeprefix(TIMM_PREFIX), pretrained=False)
         if init == "natural_sup":
             load_timm_weights(backbone, weights_path)  # type: ignore[arg-type]
-        return backbone
+        return backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     spec = BACKBONES[name]
     backbone = spec.build()
     if init == "natural_sup":
         spec.load_natural(backbone, weights_path)
-    return backbone
+    # NHWC weights, as the inputs (see channels_last); loading a state dict keeps the layout
+    return backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 # ------------------------------------------------------------------- our own checkpoints ----

@@ -36,6 +36,7 @@ seed: int = 0  # seeds init, sampling, augmentation and batch order
 device: str = "cpu"  # cpu | cuda | auto (never changed silently)
 views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
 knn_every: int = 1  # kNN monitor every n epochs and at each stage's end (display only)
+replicates: list[int] = []  # seeds of the pretraining replicates this job runs ([]: only seed)
 
 # %%
 from medstudy.config import PretrainConfig
@@ -76,10 +77,20 @@ views = plot_views(cfg.dataset, cfg.views_method, n=6, seed=cfg.seed)
 # accuracy is the baseline the SSL arms have to beat.
 
 # %%
+import pandas as pd
+
 from medstudy.pretrain import pretrain
 
-result = pretrain(cfg)
-result.metrics
+# one run per pretraining replicate (a paired profile runs every downstream seed here), else
+# the one run of `seed`; each run has its own folder, and a finished one is loaded, not re-run
+runs = [pretrain(c) for c in cfg.runs()]
+result = runs[0]  # the curves and the outputs below show the first run
+pd.DataFrame(
+    [
+        {"seed": r.seed, "cached": out.cached, **out.metrics}
+        for r, out in zip(cfg.runs(), runs, strict=True)
+    ]
+)
 
 # %%
 from medstudy.pretrain import plot_history
@@ -99,4 +110,4 @@ curves = plot_history(result.history)
 # ## Outputs
 
 # %%
-result.run_dir
+[r.run_dir for r in runs]

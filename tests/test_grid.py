@@ -7,6 +7,7 @@ import json
 import pytest
 
 from medstudy import grid, paths
+from medstudy.config import ConfigError, PretrainConfig
 from medstudy.grid import GridError, expand, load_profile
 
 
@@ -157,11 +158,18 @@ def test_paired_pretraining_makes_one_run_per_downstream_seed():
         | set(spec["notebooks"]["03_label_efficiency"]["seeds"])
     )
     arms = spec["notebooks"]["01_pretrain"]["arms"]
-    assert sorted((j.params["arm"], j.params["seed"]) for j in pre) == sorted(
-        (a, s) for a in arms for s in seeds
-    )
+    # one job per arm runs every replicate; each run is one seed's config
+    assert sorted(j.params["arm"] for j in pre) == sorted(arms)
+    assert all(j.params["replicates"] == seeds and j.params["seed"] == seeds[0] for j in pre)
     assert all("paired" not in j.params for j in pre)  # not a notebook-01 parameter
-    assert pre[0].name.endswith("__s0")
+    cfg = PretrainConfig.from_params(**pre[0].params)
+    assert [c.seed for c in cfg.runs()] == seeds and all(not c.replicates for c in cfg.runs())
+    # the replicate list is job-level: the run of seed s has one identity however it was run
+    single = {k: v for k, v in pre[0].params.items() if k != "replicates"}
+    for run, seed in zip(cfg.runs(), seeds, strict=True):
+        assert run.identity() == PretrainConfig.from_params(**{**single, "seed": seed}).identity()
+    with pytest.raises(ConfigError, match="replicates"):
+        PretrainConfig.from_params(**{**single, "replicates": [0, 0]})
     downstream = [j for j in jobs if j.notebook in ("02_transfer", "03_label_efficiency")]
     assert downstream and all(j.params["pretrain_paired"] is True for j in downstream)
     grid.validate_jobs(jobs)

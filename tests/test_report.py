@@ -6,6 +6,7 @@ import os
 import re
 import runpy
 import stat
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -61,7 +62,10 @@ def test_build_writes_tables_and_png_pdf_figures(study: Path, tmp_path: Path) ->
     assert r"natural\_sup+ssl:simclr" in transfer and r"$\pm$" in transfer
     assert "AULC" in (out / "label_efficiency.tex").read_text()
     assert r"grade $\geq 2$" in (out / "referable.tex").read_text()
-    assert "generated/fig_forest.pdf" in (out / "figures.tex").read_text()
+    # no extension: pdflatex takes the PDF, the HTML the PNG (medstudy.report.render)
+    figures_tex = (out / "figures.tex").read_text()
+    assert r"\includegraphics[width=\linewidth]{generated/fig_forest}" in figures_tex
+    assert figures_tex.count(r"\begin{figure}") == figures_tex.count(r"\end{figure}") == 2
 
 
 def test_every_macro_number_comes_from_the_claims_table(study: Path, tmp_path: Path) -> None:
@@ -136,6 +140,71 @@ def test_without_latex_the_build_says_so(
     assert "no LaTeX is installed" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="neither latexmk nor pdflatex"):
         report.build_paper(study, tmp_path / "generated", compile_pdf=True)
+
+
+def visible_text(html: str) -> str:
+    """What a browser shows: no style, no MathML TeX annotations, no tags."""
+    html = re.sub(r"<(style|annotation)\b.*?</\1>", "", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def table_rows(html: str) -> list[list[str]]:
+    html = re.sub(r"<annotation\b.*?</annotation>", "", html, flags=re.S)
+    return [
+        [
+            " ".join(re.sub(r"<[^>]+>", " ", c).split())
+            for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)
+        ]
+        for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S)
+    ]
+
+
+def test_build_renders_html_and_pdf_without_latex(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    paper = tmp_path / "paper"
+    written = report.build_paper(study, paper / "generated")
+    assert {paper / n for n in ("paper.html", "paper.typ", "paper.pdf")} <= set(written)
+    assert (paper / "paper.pdf").read_bytes().startswith(b"%PDF")
+    n_pages = report.pdf_page_count(paper / "paper.pdf")
+    assert n_pages >= 1
+    out = capsys.readouterr().out
+    assert f"{paper / 'paper.html'} (" in out and f"({n_pages} pages)" in out
+    # Typst got the vector figures and its own "Table 1" references
+    typ = (paper / "paper.typ").read_text()
+    assert 'image("generated/fig_forest.pdf"' in typ
+    assert "@tab:claims" in typ and "Table~@" not in typ
+
+    html = (paper / "paper.html").read_text()
+    sources = re.findall(r"""\b(?:src|href)=["']([^"']*)""", html)
+    assert any(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(s.startswith(("data:", "#")) for s in sources), "the HTML must be self-contained"
+    text = visible_text(html)
+    assert not re.search(r"\\[A-Za-z]+", text), "unexpanded LaTeX command in the HTML"
+    claims = pd.read_csv(study / "claims.csv")
+    assert f"We re-test {claims['claim'].nunique()} such claims" in text
+    assert "Table 1 lists every claim row" in text
+    # every tested claims row is in the HTML table with its p, adjusted p and verdict
+    rows = table_rows(html)
+    assert sum(r[:3] == ["Claim", "Dataset", "Comparison"] for r in rows) == 1  # one header
+    tested = claims[(claims["verdict"] != "not run") & (claims["p"] >= 0.001)]
+    assert len(tested)
+    for _, r in tested.iterrows():
+        cells = [r["claim"], r["dataset"], f"{r['p']:.3f}", f"{r['p_adj']:.3f}", r["verdict"]]
+        assert any([row[0], row[1], *row[5:8]] == cells for row in rows if len(row) == 8), cells
+
+
+def test_a_missing_renderer_fails_before_any_work(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "typst", None)  # import typst now raises ImportError
+    out = tmp_path / "paper" / "generated"
+    with pytest.raises(ImportError, match="pip install typst"):
+        report.build_paper(study, out)
+    assert not out.exists()
+    assert report.main(["--results", str(study), "--out", str(out)]) == 1
+    report.build_paper(study, out, compile_pdf=False)  # tables and figures need neither
 
 
 def test_compiles_with_latexmk_when_present(

@@ -4,6 +4,7 @@ determinism, exact kill-and-resume, curriculum resumption, caching and clear err
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,15 @@ def test_same_seed_gives_the_same_loss_sequence(
         PretrainConfig(arm="ssl:simclr", **{**TINY, "seed": 1}), progress=False
     )
     assert c.history["loss"].tolist()[1:] != a.history["loss"].tolist()[1:]
+    # a job with replicates makes the same runs, with the same ids, as one job per seed
+    _in(tmp_path / "d", monkeypatch)
+    job = replace(cfg, replicates=(0, 1))
+    both = [pretrain_stage.pretrain(r, progress=False) for r in job.runs()]
+    assert [r.run_id for r in both] == [a.run_id, c.run_id]
+    assert _same_weights(both[0].checkpoint, a.checkpoint)
+    assert _same_weights(both[1].checkpoint, c.checkpoint)
+    with pytest.raises(ValueError, match=r"cfg\.runs\(\)"):
+        pretrain_stage.pretrain(job, progress=False)
 
 
 @pytest.mark.slow

@@ -139,7 +139,10 @@ class StageConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the computation (hashed into a run id): every field except
-        display-only ones (``field(metadata={"display": True})``)."""
+        display-only ones (``field(metadata={"display": True})``) and job-level ones that say
+        which runs a notebook job makes (``field(metadata={"job": True})``)."""
         return {
-            f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("display")
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.metadata.get("display") or f.metadata.get("job"))
         }

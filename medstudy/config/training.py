@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from medstudy import arms
@@ -50,10 +50,19 @@ class PretrainConfig(StageConfig):
     # the kNN monitor runs after every knn_every-th epoch and after each stage's last one; it
     # only observes (deterministic, BatchNorm mode restored), so the encoder does not depend on it
     knn_every: int = field(default=1, metadata={"display": True})
+    # Pretraining replicates run by one notebook job (a paired profile, DESIGN §6): one run per
+    # seed, each with its own run folder and the config of that seed; () = the one run of
+    # ``seed``. A job-level setting, not part of any run's identity: the run of seed s is the
+    # same whether its job ran one seed or several.
+    replicates: tuple[int, ...] = field(default=(), metadata={"job": True})
 
     def __post_init__(self) -> None:
         validate_dataset(self.dataset)
         validate_arm(self.arm)
+        if any(s < 0 for s in self.replicates) or len(set(self.replicates)) < len(self.replicates):
+            raise ConfigError(
+                f"parameter 'replicates' must be distinct seeds >= 0, got {list(self.replicates)}"
+            )
         validate_backbone_name(self.backbone)
         _positive("image_size", self.image_size)
         _positive("epochs", self.epochs, allow_zero=True)
@@ -77,6 +86,10 @@ class PretrainConfig(StageConfig):
                 "arm 'natural_ssl' (DINO/SwAV/SimCLR ImageNet weights) needs a timm backbone "
                 "and a download; valid backbones for it: timm:resnet50"
             )
+
+    def runs(self) -> list[PretrainConfig]:
+        """The runs of this job, in order: one per seed of ``replicates``, else ``seed``'s."""
+        return [replace(self, seed=s, replicates=()) for s in self.replicates] or [self]
 
 
 @dataclass(frozen=True)

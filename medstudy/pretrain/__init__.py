@@ -278,7 +278,13 @@ def pretrain(
 
     ``callbacks`` are extra Lightning callbacks for every SSL stage (they run after this loop's
     own epoch-end checkpoint). The return value is the same for a fresh and a cached run.
+    A job with ``replicates`` makes several runs: call this on each of ``cfg.runs()``.
     """
+    if cfg.replicates:
+        raise ValueError(
+            f"pretrain() makes one run; cfg has replicates {list(cfg.replicates)}: call it on "
+            "each config of cfg.runs()"
+        )
     plan = arm_plan(cfg.arm, cfg.epochs, cfg.curriculum)
     device = resolve_device(cfg.device)
     data = load_pretrain_data(cfg, plan)
