@@ -81,6 +81,16 @@ from medstudy.claims import claim_summary
 claim_summary(claims)
 
 # %% [markdown]
+# ## What this budget could have detected
+# An *inconclusive* row is not evidence of no effect. `mde` is the smallest |effect| that the
+# row's design (its standard error and df) detects with 80 % power at the row's α: where it is
+# small, an effect that large is ruled out; where it is large, the study was too small to say.
+
+# %%
+power_cols = ["claim", "dataset", "comparison", "metric", "effect", "mde", "n_seeds", "df"]
+claims.loc[claims["test"] != "", [*power_cols, "alpha", "verdict"]].round(3)
+
+# %% [markdown]
 # ## Forest plot
 # One panel per claim; a dot is the effect A − B, the bar its CI, the colour the verdict. The
 # dashed line is no difference.

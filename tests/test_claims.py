@@ -341,6 +341,14 @@ def test_save_load_forest_and_inventory(results_tmp: Path) -> None:
     assert len(back.attrs["per_seed"]) == len(df.attrs["per_seed"])
     fig = plot_forest(df)
     assert len(fig.axes) == 1  # only C1 was tested
+    assert fig.axes[0].get_title(loc="left").startswith("C1:")
+    # a subset: C1 is left out, so no panel has a row, and the untested ones are listed
+    other = plot_forest(df, claim_ids=["C2", "C7"])
+    assert len(other.axes) == 1 and not other.axes[0].lines  # an empty panel, no rows
+    assert any("no claim could be tested" in t.get_text() for t in other.axes[0].texts)
+    assert any("C7 not run" in t.get_text() for t in other.texts)
+    with pytest.raises(ValueError, match="unknown claim ids"):
+        plot_forest(df, claim_ids=["C1", "C99"])
     inv = cl.inventory(results_tmp)
     assert set(inv["arm"]) == {"natural_sup", "scratch"} and set(inv["seeds"]) == {"0,1,2"}
 

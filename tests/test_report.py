@@ -65,7 +65,11 @@ def test_build_writes_tables_and_png_pdf_figures(study: Path, tmp_path: Path) ->
     # no extension: pdflatex takes the PDF, the HTML the PNG (medstudy.report.render)
     figures_tex = (out / "figures.tex").read_text()
     assert r"\includegraphics[width=\linewidth]{generated/fig_forest}" in figures_tex
-    assert figures_tex.count(r"\begin{figure}") == figures_tex.count(r"\end{figure}") == 2
+    assert (
+        figures_tex.count(r"\begin{figure}")
+        == figures_tex.count(r"\end{figure}")
+        == len(report.FOREST_FIGURES) + 1
+    )  # the forest plots and the label-efficiency figure
 
 
 def test_every_macro_number_comes_from_the_claims_table(study: Path, tmp_path: Path) -> None:
@@ -191,8 +195,12 @@ def test_build_renders_html_and_pdf_without_latex(
     tested = claims[(claims["verdict"] != "not run") & (claims["p"] >= 0.001)]
     assert len(tested)
     for _, r in tested.iterrows():
-        cells = [r["claim"], r["dataset"], f"{r['p']:.3f}", f"{r['p_adj']:.3f}", r["verdict"]]
-        assert any([row[0], row[1], *row[5:8]] == cells for row in rows if len(row) == 8), cells
+        cells = [
+            r["claim"], r["dataset"], f"{r['p']:.3f}", f"{r['p_adj']:.3f}",
+            str(int(r["n_seeds"])), f"{r['mde']:.3f}" if pd.notna(r["mde"]) else "--",
+            r["verdict"],
+        ]  # fmt: skip
+        assert any([row[0], row[1], *row[5:10]] == cells for row in rows if len(row) == 10), cells
 
 
 def test_a_missing_renderer_fails_before_any_work(

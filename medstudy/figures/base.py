@@ -429,20 +429,28 @@ def _row_label(r: pd.Series) -> str:
     return f"{r['dataset']}: {r['comparison']} [{r['metric']}{stat}]"
 
 
-def plot_forest(claims_df: pd.DataFrame) -> Figure:
+def plot_forest(claims_df: pd.DataFrame, claim_ids: Sequence[str] | None = None) -> Figure:
     """Forest plot: effect (A − B) with its CI per tested *primary* row (secondary statistics
     are in the table), one panel per claim on its statistic's own scale, coloured by verdict;
-    claims without a tested row are listed underneath with their reason."""
+    claims without a tested row are listed underneath with their reason. ``claim_ids`` limits
+    the plot to those claims (default: every claim of the registry); an unknown id is an
+    error."""
+    wanted = list(CLAIMS) if claim_ids is None else list(claim_ids)
+    unknown = sorted(set(wanted) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"unknown claim ids {unknown}; valid: {list(CLAIMS)}")
     primary = claims_df["role"] != "secondary" if "role" in claims_df else True
     tested = claims_df[
         (claims_df["verdict"] != "not run")
         & np.isfinite(claims_df["effect"].astype(float))
         & primary
+        & claims_df["claim"].isin(wanted)
     ]
-    order = [c for c in CLAIMS if c in set(tested["claim"])]
-    untested = [c for c in CLAIMS if c not in order]
+    order = [c for c in wanted if c in set(tested["claim"])]
+    untested = [c for c in wanted if c not in order]
     heights = [max(1, int((tested["claim"] == c).sum())) for c in order] or [1]
-    fig = Figure(figsize=(8.5, 1.2 + 0.38 * sum(heights) + 0.9 * len(heights)))
+    # ~0.25 inch per row and ~0.7 per panel title keep 8-pt labels legible on a page
+    fig = Figure(figsize=(8.5, 1.0 + 0.25 * sum(heights) + 0.7 * len(heights)))
     axes = fig.subplots(len(heights), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, cid in zip(axes[:, 0], order, strict=False):
         rows = tested[tested["claim"] == cid].iloc[::-1]

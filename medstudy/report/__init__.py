@@ -129,11 +129,24 @@ OUTPUTS: dict[str, Output] = {
         Output("macros.tex", lambda x: macros_tex(claim_macros(x.claims)), "quoted numbers"),
     )
 }
+#: The forest plots of the paper, one per group of claims, so that each fits a page with legible
+#: labels (a single plot of every claim's primary rows is ~60 rows tall in quick).
+FOREST_FIGURES: dict[str, tuple[str, ...]] = {
+    "fig_forest": ("C1", "C2", "C3", "C4", "C5"),
+    "fig_forest_other": ("C6", "C8", "C9"),
+    "fig_forest_attribution": ("C7",),
+}
+_FOREST_CAPTION = (
+    "Effects (A $-$ B) with their CIs for every tested primary row of claims {ids}, coloured by "
+    "verdict (green supported, red contradicted, grey inconclusive)."
+)
 FIGURE_CAPTIONS: dict[str, str] = {
-    "fig_forest": (
-        "Effects (A $-$ B) with their CIs for every tested claim row, coloured by verdict "
-        "(green supported, red contradicted, grey inconclusive)."
-    ),
+    **{
+        stem: _FOREST_CAPTION.format(ids=", ".join(ids[:-1]) + " and " + ids[-1])
+        if len(ids) > 1
+        else _FOREST_CAPTION.replace("claims {ids}", f"claim {ids[0]}")
+        for stem, ids in FOREST_FIGURES.items()
+    },
     "fig_label_efficiency": (
         r"Label-efficiency curves: test primary metric (mean $\pm$ SD over seeds; each panel's "
         "axis names it) against the label fraction and, where recorded, the number of labelled "
@@ -200,7 +213,10 @@ def build_paper(
     written = [atomic_write_text(out / o.name, o.make(inputs)) for o in OUTPUTS.values()]
     stems = []
     figures = {
-        "fig_forest": lambda: plot_forest(inputs.claims),
+        **{
+            stem: lambda ids=ids: plot_forest(inputs.claims, claim_ids=ids)
+            for stem, ids in FOREST_FIGURES.items()
+        },
         "fig_label_efficiency": lambda: plot_label_efficiency(inputs.label_efficiency, root=root),
     }
     for stem, make in figures.items():
