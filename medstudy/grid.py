@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -33,6 +34,7 @@ import yaml
 from medstudy import paths
 from medstudy.config import (
     ClaimsConfig,
+    ConfigError,
     InterpretConfig,
     LabelEfficiencyConfig,
     PretrainConfig,
@@ -115,6 +117,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
+#: The top-level keys of a profile file (``profile`` is set from the file name).
+PROFILE_KEYS = (
+    "profile", "description", "backbone", "image_size", "datasets", "pretrain", "notebooks",
+    "slurm",
+)  # fmt: skip
+
+
 def load_profile(profile: str) -> dict[str, Any]:
     """Read ``params/<profile>.yaml`` (the shipped :data:`PROFILES` or a user's own file);
     unknown profiles name the valid ones."""
@@ -129,6 +138,12 @@ def load_profile(profile: str) -> dict[str, Any]:
     for key in ("datasets", "notebooks"):
         if key not in spec:
             raise GridError(f"{path}: missing top-level key {key!r}")
+    # a typo ("image_sise: 64") would otherwise be ignored and the run silently use the default
+    unknown_top = sorted(set(spec) - set(PROFILE_KEYS))
+    if unknown_top:
+        raise GridError(
+            f"{path}: unknown top-level keys {unknown_top}; valid: {list(PROFILE_KEYS)}"
+        )
     unknown = sorted(set(spec["notebooks"]) - set(NOTEBOOKS))
     if unknown:
         raise GridError(f"{path}: unknown notebooks {unknown}; valid: {list(NOTEBOOKS)}")
@@ -197,7 +212,10 @@ def expand(
                 "notebooks find the checkpoints 01 wrote"
             )
         for ds in chosen:
-            if only_ds is not None and ds not in only_ds:
+            # A notebook's ``datasets`` trims the profile's own datasets to those its claims
+            # need; a dataset named on the command line that the profile does not list (e.g.
+            # a MedMNIST-format file dropped into the data dir) runs in every notebook.
+            if only_ds is not None and ds not in only_ds and ds in spec["datasets"]:
                 continue
             upstream = list(by_dataset.get(ds, []))
             over = dict(per_dataset.get(ds) or {})
@@ -225,6 +243,8 @@ def expand(
                 params["dataset"] = ds
                 params.update(nb_spec)
                 params.update(over)
+                if ds not in spec["datasets"] and not _accepts_new_dataset(nb, params):
+                    continue
                 jobs.append(Job(nb, ds, params, ds, upstream))
         for job in jobs:
             if job.notebook == nb and job.dataset:
@@ -232,6 +252,21 @@ def expand(
     if prefixes:
         jobs = [j for j in jobs if j.notebook.split("_")[0] in prefixes]
     return jobs
+
+
+def _accepts_new_dataset(notebook: str, params: dict[str, Any]) -> bool:
+    """Whether a notebook can run on a dataset named on the command line that the profile does
+    not list. A notebook whose config refuses the dataset itself (05 needs ground-truth masks)
+    is skipped with a note on stderr, and its claim rows say *not run*; any other error is
+    left to :func:`validate_jobs`, which fails before any work."""
+    try:
+        NOTEBOOKS[notebook].config.from_params(**params)
+    except ConfigError as err:
+        if repr(params["dataset"]) not in str(err):
+            return True
+        print(f"[medstudy] {notebook} skipped on {params['dataset']}: {err}", file=sys.stderr)
+        return False
+    return True
 
 
 def downstream_seeds(spec: dict[str, Any], dataset: str) -> list[int]:
@@ -313,6 +348,20 @@ def execute(job: Job, root: Path) -> float:
     return wall
 
 
+def check_writable(root: Path) -> None:
+    """Fail before any work if the results dir cannot be created or written (a read-only
+    mount, a path through a file, no permission), naming it and the ways to choose another."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-", delete=True)
+        probe.close()
+    except OSError as err:
+        raise GridError(
+            f"results dir {root} is not writable ({type(err).__name__}: {err.strerror or err}); "
+            "choose another with --results DIR or MEDSTUDY_RESULTS_DIR"
+        ) from None
+
+
 def run(
     profile: str = "quick",
     only: Sequence[str] = (),
@@ -328,6 +377,8 @@ def run(
     jobs = expand(spec, only, datasets)
     validate_jobs(jobs)
     root = paths.results_dir()
+    if not dry_run:
+        check_writable(root)
     print(f"[medstudy] profile={profile} jobs={len(jobs)} results={root}", flush=True)
     if launcher == "slurm":
         return run_slurm(jobs, root, spec, dry_run=dry_run, force=force)

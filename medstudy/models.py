@@ -272,6 +272,7 @@ class BackboneSpec:
     build: Callable[[], Backbone]
     load_natural: Callable[[Backbone, Path | None], object]
     natural_source: str
+    stride: int  # total downsampling of the last stage (input side / last feature-map side)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -279,9 +280,17 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=ResNet20Cifar,
         load_natural=load_resnet20_cifar10,  # type: ignore[arg-type]
         natural_source="CIFAR-10 supervised ResNet-20 (Idelbayev), offline file",
+        stride=4,  # 28 px -> 7 px
     ),
 }
 TIMM_PREFIX = "timm:"
+TIMM_STRIDE = 32  # the ResNet family, the only timm models whose stages are wired here
+
+
+def backbone_stride(name: str) -> int:
+    """Total stride of a backbone's last stage, without building it: SparK needs the image side
+    to be a multiple of it (its masks live on the last stage's grid)."""
+    return TIMM_STRIDE if name.startswith(TIMM_PREFIX) else BACKBONES[name].stride
 
 
 def validate_backbone(name: str) -> str:

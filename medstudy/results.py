@@ -109,6 +109,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        # write(2) errors (a full disk: ENOSPC, EIO) name no file; name the one being written.
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         if tmp.exists():
             tmp.unlink()

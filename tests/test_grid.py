@@ -187,3 +187,20 @@ def test_paired_units_use_the_encoder_of_their_own_seed():
     assert [encoder_seed(fixed, "ssl:simclr", s) for s in (0, 1, 2)] == [0, 0, 0]
     assert [encoder_seed(paired, "ssl:simclr", s) for s in (0, 1, 2)] == [0, 1, 2]
     assert [encoder_seed(fixed, "scratch", s) for s in (0, 1, 2)] == [0, 1, 2]
+
+
+def test_a_dataset_named_on_the_command_line_runs_where_it_can(tmp_path, monkeypatch, capsys):
+    """A MedMNIST-format file the profile does not list runs in every notebook whose config
+    takes it; a profile dataset keeps each notebook's own subset of the profile."""
+    monkeypatch.setenv("MEDSTUDY_DATA_DIR", str(tmp_path))
+    (tmp_path / "standin.npz").write_bytes(b"")  # validate_dataset only needs the file
+    spec = load_profile("smoke")
+    jobs = expand(spec, datasets=["standin"])
+    by_notebook = {j.notebook for j in jobs if j.dataset == "standin"}
+    assert by_notebook == {nb for nb in grid.NOTEBOOKS if nb[:2] in ("01", "02", "03", "04", "06")}
+    assert "05_interpretability skipped on standin" in capsys.readouterr().err  # no masks
+    assert sum(j.notebook == "07_robustness_stats" for j in jobs) == 1
+    only_pneumonia = spec["notebooks"]["04_representations"]["datasets"]
+    assert "retinamnist" not in only_pneumonia
+    jobs = expand(spec, datasets=["retinamnist"])
+    assert not any(j.notebook == "04_representations" for j in jobs)

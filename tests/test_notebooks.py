@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import jupytext
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -132,9 +134,47 @@ def test_smoke_profile_end_to_end_then_resumes(real_data_dir, tmp_path):
         assert {"config.json", "manifest.json", "metrics.csv", "DONE"} <= {
             p.name for p in run.iterdir()
         }
+    paper = results / "paper"
+    assert (paper / "paper.pdf").read_bytes()[:5] == b"%PDF-" and (paper / "paper.html").exists()
+    claims_bytes = (results / "claims.csv").read_bytes()
     t1 = time.perf_counter()
     second = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert " 0 run, " in second.stdout, second.stdout[-2000:]
     assert time.perf_counter() - t1 < wall_first
+    assert (results / "claims.csv").read_bytes() == claims_bytes
     print(f"smoke profile: first run {wall_first:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_smoke_runs_on_a_new_medmnist_format_file(real_data_dir, tmp_path):
+    """A MedMNIST-format file dropped into the data dir and named on the command line goes
+    through every notebook that can take it, unchanged; its labels are shaped (N,), as some
+    exports are. Notebook 05 needs ground-truth masks, says so and is skipped (C7 not run)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in real_data_dir.iterdir():  # the natural-image weights and the other sets
+        (data / f.name).symlink_to(f)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 320), ("val", 64), ("test", 96)):
+        y = np.arange(n) % 2  # (N,), not MedMNIST's (N, 1)
+        noise = rng.integers(0, 90, size=(n, 28, 28))
+        arrays[f"{split}_images"] = (noise + 120 * y[:, None, None]).astype(np.uint8)
+        arrays[f"{split}_labels"] = y
+    np.savez(data / "standin.npz", **arrays)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "medstudy.grid", "--profile", "smoke", "--datasets", "standin"]
+    env = {**os.environ, "MEDSTUDY_DATA_DIR": str(data)}
+    done = subprocess.run(
+        [*cmd, "--results", str(results)], capture_output=True, text=True, timeout=1800, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "05_interpretability skipped on standin" in done.stderr
+    claims = pd.read_csv(results / "claims.csv")
+    assert set(claims["dataset"]) - {"all"} == {"standin"}
+    c1 = claims[claims["claim"] == "C1"].iloc[0]
+    assert c1["dataset"] == "standin" and c1["verdict"] != "not run" and 0 <= c1["p"] <= 1
+    assert (claims.loc[claims["claim"] == "C7", "verdict"] == "not run").all()
+    assert (results / "paper" / "paper.pdf").exists()

@@ -20,6 +20,7 @@ from medstudy.config.base import (
     validate_backbone_name,
     validate_dataset,
     validate_device,
+    validate_image_size,
 )
 from medstudy.config.training import LabelEfficiencyConfig, PretrainConfig, TransferConfig
 
@@ -39,4 +40,5 @@ __all__ = [
     "validate_backbone_name",
     "validate_dataset",
     "validate_device",
+    "validate_image_size",
 ]

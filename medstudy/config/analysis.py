@@ -14,6 +14,7 @@ from medstudy.config.base import (
     validate_backbone_name,
     validate_dataset,
     validate_device,
+    validate_image_size,
 )
 from medstudy.config.training import TransferConfig
 from medstudy.data.info import INFO
@@ -68,6 +69,8 @@ class RobustnessConfig(StageConfig):
         if not self.severities:
             raise ConfigError("parameter 'severities' must be non-empty")
         _positive("max_test", self.max_test, allow_zero=True)
+        _positive("image_size", self.image_size)
+        validate_image_size(self.dataset, self.image_size)
         _positive("example_index", self.example_index, allow_zero=True)
 
 
@@ -130,6 +133,7 @@ class RepresentationsConfig(StageConfig):
             raise ConfigError(f"parameter 'n_samples' must be 0 (all) or >= 8: {self.n_samples}")
         for name in ("n_spectrum", "n_boot", "tsne_perplexity", "image_size"):
             _positive(name, getattr(self, name))
+        validate_image_size(self.dataset, self.image_size)
         # The encoders' notebook-01 configs validate the arm x backbone rules (e.g. natural_ssl).
         for arm in self.arms:
             self.transfer_config().pretrain_config(arm)
@@ -215,6 +219,7 @@ class InterpretConfig(StageConfig):
             raise ConfigError(str(err)) from None
         for name in ("ig_steps", "image_size", "n_boot"):
             _positive(name, getattr(self, name))
+        validate_image_size(self.dataset, self.image_size)
         for name in ("n_images", "pointing_tolerance", "n_overlay", "n_lung_figure"):
             _positive(name, getattr(self, name), allow_zero=True)
         if self.sanity_images < 2 or not -1.0 < self.sanity_threshold <= 1.0:

@@ -80,6 +80,19 @@ def validate_dataset(name: str) -> str:
     )
 
 
+def validate_image_size(dataset: str, size: int) -> int:
+    """A MedMNIST dataset exists at its released sizes only; ``synth_lesions`` is drawn at
+    >= 16 px (checked here so that a profile fails in ``validate_jobs``, not mid-run)."""
+    info = INFO.get(dataset)
+    if info is not None and info.source == "medmnist" and size not in info.md5:
+        raise ConfigError(
+            f"parameter 'image_size'={size} is not released for {dataset}; valid: {sorted(info.md5)}"
+        )
+    if dataset == "synth_lesions" and size < 16:
+        raise ConfigError(f"parameter 'image_size' must be >= 16 for synth_lesions, got {size}")
+    return size
+
+
 def validate_arm(arm: str) -> str:
     """Arms: scratch, natural_sup, natural_ssl, ssl:<m>, natural_sup+ssl:<m>, curriculum."""
     try:

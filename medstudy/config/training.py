@@ -16,10 +16,12 @@ from medstudy.config.base import (
     validate_backbone_name,
     validate_dataset,
     validate_device,
+    validate_image_size,
 )
 from medstudy.data.info import INFO
 from medstudy.data.sampling import validate_fraction
 from medstudy.metrics import SELECT_METRICS
+from medstudy.models import backbone_stride
 from medstudy.ssl import get_method
 
 
@@ -65,6 +67,7 @@ class PretrainConfig(StageConfig):
             )
         validate_backbone_name(self.backbone)
         _positive("image_size", self.image_size)
+        validate_image_size(self.dataset, self.image_size)
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)
@@ -85,6 +88,17 @@ class PretrainConfig(StageConfig):
             raise ConfigError(
                 "arm 'natural_ssl' (DINO/SwAV/SimCLR ImageNet weights) needs a timm backbone "
                 "and a download; valid backbones for it: timm:resnet50"
+            )
+        stages = arms.parse_curriculum(self.curriculum) if self.arm == "curriculum" else ()
+        uses_spark = arms.arm_method(self.arm) == "spark" or any(
+            st.method == "spark" for st in stages
+        )
+        stride = backbone_stride(self.backbone)
+        if uses_spark and self.image_size % stride:
+            raise ConfigError(
+                f"parameter 'image_size'={self.image_size}: SparK (arm {self.arm!r}) masks the "
+                f"last stage's grid, so the side must be a multiple of {self.backbone}'s stride "
+                f"{stride}; valid: e.g. {[s for s in (28, 32, 64, 128, 224) if s % stride == 0]}"
             )
 
     def runs(self) -> list[PretrainConfig]:
@@ -143,6 +157,10 @@ class TransferConfig(StageConfig):
         validate_backbone_name(self.backbone)
         validate_device(self.device)
         _positive("n_boot", self.n_boot)
+        _positive("image_size", self.image_size)
+        validate_image_size(self.dataset, self.image_size)
+        # 0 = the whole train split; a negative cap would silently mean the same
+        _positive("max_train", self.max_train, allow_zero=True)
         for arm in (*self.arms, *self.fusion_arms, *self.finetune_arms):
             validate_arm(arm)
         for p in self.protocols:
@@ -151,11 +169,12 @@ class TransferConfig(StageConfig):
         for m in self.fusion_modes:
             if m not in FUSION_MODES:
                 raise ConfigError(f"unknown fusion mode {m!r}; valid: {list(FUSION_MODES)}")
-        for f in (*self.fractions, *self.finetune_fractions):
-            try:
-                validate_fraction(f, "fractions")
-            except (TypeError, ValueError) as err:
-                raise ConfigError(str(err)) from None
+        for name in ("fractions", "finetune_fractions"):
+            for f in getattr(self, name):
+                try:
+                    validate_fraction(f, name)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(str(err)) from None
         if not self.arms or not self.seeds or not self.fractions:
             raise ConfigError("parameters 'arms', 'seeds' and 'fractions' must be non-empty")
         for name, value, valid in (

@@ -282,8 +282,8 @@ def _standardise(
         and (labels.min() < 0 or labels.max() >= info.n_classes)
     ):
         raise DataFileError(
-            f"{path}: {split} labels span [{labels.min()}, {labels.max()}], INFO has "
-            f"{info.n_classes} classes"
+            f"{path}: {split} labels span [{labels.min()}, {labels.max()}], but {info.name} has "
+            f"{info.n_classes} classes; valid labels: 0 to {info.n_classes - 1}"
         )
     return images, labels
 

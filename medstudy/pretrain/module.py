@@ -196,9 +196,12 @@ class PretrainModule(L.LightningModule):
         )
         loss = self.method.training_step(views, self._ctx)
         if not torch.isfinite(loss):
+            # The epoch as history.csv numbers it (1 = the first trained epoch), so that the
+            # message and the last good row / checkpoint of the run folder agree.
+            epoch = self.epoch_offset + self.current_epoch + 1
             raise FloatingPointError(
                 f"{self.spec.name}: non-finite loss {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); lower the learning rate (cfg.lr={self.cfg.lr})"
+                f"(epoch {epoch}); lower the learning rate (cfg.lr={self.cfg.lr})"
             )
         self._loss_sum += float(loss.detach())
         self._n_steps += 1

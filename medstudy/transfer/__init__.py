@@ -44,6 +44,7 @@ import torch
 
 from medstudy import paths
 from medstudy.config import PretrainConfig, TransferConfig
+from medstudy.data.info import INFO
 from medstudy.metrics import compute_metrics
 from medstudy.models import Classifier, WeightsError, create_backbone, load_checkpoint
 from medstudy.pretrain import load_encoder
@@ -207,9 +208,18 @@ def load_unit_classifier(stage: str, rid: str, device: str = "cpu") -> Classifie
     protocol, arm = config["protocol"], config["arm"]
     if protocol == "finetune":
         backbone = create_backbone(config["backbone"])
-        meta = load_checkpoint(backbone, run_dir / "finetuned.pt")
-        state = meta["head_state"]
-        head = torch.nn.Linear(backbone.feature_dim, int(state["weight"].shape[0]))
+        path = run_dir / "finetuned.pt"
+        meta = load_checkpoint(backbone, path)
+        state = meta.get("head_state")
+        if not isinstance(state, dict) or "weight" not in state:
+            raise WeightsError(f"{path}: no task head ('head_state'): not a fine-tuned model")
+        n_out, info = int(state["weight"].shape[0]), INFO.get(config["dataset"])
+        if info is not None and n_out != info.n_outputs:
+            raise WeightsError(
+                f"{path}: its head has {n_out} outputs, but {config['dataset']} "
+                f"({info.task}) needs {info.n_outputs}: a checkpoint for another task"
+            )
+        head = torch.nn.Linear(backbone.feature_dim, n_out)
         head.load_state_dict(state)
     elif protocol == "linear":
         details = read_details(stage, rid)
