@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from medstudy import paths
 
@@ -65,3 +67,14 @@ def finetuned_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_transfer(cfg)
     torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for a test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): on a shared 2-core machine two threads slow the
+    small convolutions of these tests down 10-20x whenever another process holds a core."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -27,7 +27,7 @@ import errno
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +60,7 @@ from medstudy.results import CONFIG_FILE, DONE_FILE, atomic_write_text, is_temp_
 from medstudy.ssl.simclr import SimCLR
 from medstudy.transfer import load_unit_classifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The NaN case trains a few steps; one intra-op thread is faster on a shared 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ----------------------------------------------------------------------------- the inputs --

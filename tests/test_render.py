@@ -172,3 +172,22 @@ def test_a_missing_package_is_named_with_its_install_command(
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     with pytest.raises(ImportError, match=f"pip install {package}"):
         render.require_tools()
+
+
+def test_an_empty_generated_table_keeps_its_label_so_references_resolve(tmp_path: Path) -> None:
+    """A results tree without a DR dataset has no referable-DR numbers: the generated table is
+    a labelled note, so main.tex's reference to it resolves (Typst fails on a missing label)."""
+    import pandas as pd
+
+    from medstudy.report.tex import referable_tex
+
+    empty = pd.DataFrame(columns=["stage", "dataset", "arm", "protocol", "metric", "value"])
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / "referable.tex").write_text(referable_tex(empty))
+    (tmp_path / "main.tex").write_text(
+        "\\documentclass{article}\n\\begin{document}\nSee Table~\\ref{tab:referable}.\n"
+        "\\input{generated/referable.tex}\n\\end{document}\n"
+    )
+    html, _, pdf = render.render_paper(tmp_path)
+    assert "No referable-DR results" in html.read_text()
+    assert render.pdf_page_count(pdf) == 1

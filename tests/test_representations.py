@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from medstudy import paths, repstats
 from medstudy import representations as rep
@@ -24,12 +22,7 @@ ARMS = ("scratch", "natural_sup") if HAS_NATURAL else ("scratch",)
 STATS = ("effective_rank", "condition_number", "alignment", "uniformity", "eigenvalue_1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _cfg(**kw: object) -> RepresentationsConfig:

@@ -3,7 +3,6 @@ determinism, exact kill-and-resume, curriculum resumption, caching and clear err
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,7 @@ matplotlib.use("Agg")
 TINY: dict[str, Any] = dict(dataset="synth_lesions", max_train=64, epochs=2, batch_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # On a shared 2-core machine, two intra-op threads slow these small convolutions down
-    # 10-20x whenever another process holds a core; one thread keeps the file at ~1 min.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _ctx(step: int = 0, max_steps: int = 30, seed: int = 0) -> StepContext:

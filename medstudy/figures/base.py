@@ -448,7 +448,8 @@ def plot_forest(claims_df: pd.DataFrame, claim_ids: Sequence[str] | None = None)
     ]
     order = [c for c in wanted if c in set(tested["claim"])]
     untested = [c for c in wanted if c not in order]
-    heights = [max(1, int((tested["claim"] == c).sum())) for c in order] or [1]
+    # at least 2 rows' height per panel: a one-row panel leaves its title no room
+    heights = [max(2, int((tested["claim"] == c).sum())) for c in order] or [2]
     # ~0.25 inch per row and ~0.7 per panel title keep 8-pt labels legible on a page
     fig = Figure(figsize=(8.5, 1.0 + 0.25 * sum(heights) + 0.7 * len(heights)))
     axes = fig.subplots(len(heights), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
