@@ -231,7 +231,8 @@ def expand(
                     # uses the encoder pretrained with seed s), all in this arm's one job so
                     # that the kernel start and the figures are paid once, not per seed; each
                     # run keeps its own folder, so an interrupted job resumes seed by seed.
-                    seeds = downstream_seeds(spec, ds)
+                    # (a profile of 01 alone has no downstream seeds: then seed 0 only)
+                    seeds = downstream_seeds(spec, ds) or [0]
                     replicates = {"seed": seeds[0], "replicates": seeds}
                     jobs.append(Job(nb, key, {**params, **replicates}, ds, upstream))
             else:
