@@ -136,17 +136,18 @@ FOREST_FIGURES: dict[str, tuple[str, ...]] = {
     "fig_forest_other": ("C6", "C8", "C9"),
     "fig_forest_attribution": ("C7",),
 }
-_FOREST_CAPTION = (
-    "Effects (A $-$ B) with their CIs for every tested primary row of claims {ids}, coloured by "
-    "verdict (green supported, red contradicted, grey inconclusive)."
-)
+
+
+def _forest_caption(ids: tuple[str, ...]) -> str:
+    named = f"claims {', '.join(ids[:-1])} and {ids[-1]}" if len(ids) > 1 else f"claim {ids[0]}"
+    return (
+        f"Effects (A $-$ B) with their CIs for every tested primary row of {named}, coloured "
+        "by verdict (green supported, red contradicted, grey inconclusive)."
+    )
+
+
 FIGURE_CAPTIONS: dict[str, str] = {
-    **{
-        stem: _FOREST_CAPTION.format(ids=", ".join(ids[:-1]) + " and " + ids[-1])
-        if len(ids) > 1
-        else _FOREST_CAPTION.replace("claims {ids}", f"claim {ids[0]}")
-        for stem, ids in FOREST_FIGURES.items()
-    },
+    **{stem: _forest_caption(ids) for stem, ids in FOREST_FIGURES.items()},
     "fig_label_efficiency": (
         r"Label-efficiency curves: test primary metric (mean $\pm$ SD over seeds; each panel's "
         "axis names it) against the label fraction and, where recorded, the number of labelled "
