@@ -69,7 +69,6 @@ class RobustnessConfig(StageConfig):
         if not self.severities:
             raise ConfigError("parameter 'severities' must be non-empty")
         _positive("max_test", self.max_test, allow_zero=True)
-        _positive("image_size", self.image_size)
         validate_image_size(self.dataset, self.image_size)
         _positive("example_index", self.example_index, allow_zero=True)
 

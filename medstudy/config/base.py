@@ -82,7 +82,9 @@ def validate_dataset(name: str) -> str:
 
 def validate_image_size(dataset: str, size: int) -> int:
     """A MedMNIST dataset exists at its released sizes only; ``synth_lesions`` is drawn at
-    >= 16 px (checked here so that a profile fails in ``validate_jobs``, not mid-run)."""
+    >= 16 px (checked here so that a profile fails in ``validate_jobs``, not mid-run); any size
+    must be > 0."""
+    _positive("image_size", size)
     info = INFO.get(dataset)
     if info is not None and info.source == "medmnist" and size not in info.md5:
         raise ConfigError(

@@ -66,7 +66,6 @@ class PretrainConfig(StageConfig):
                 f"parameter 'replicates' must be distinct seeds >= 0, got {list(self.replicates)}"
             )
         validate_backbone_name(self.backbone)
-        _positive("image_size", self.image_size)
         validate_image_size(self.dataset, self.image_size)
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("batch_size", self.batch_size)
@@ -157,7 +156,6 @@ class TransferConfig(StageConfig):
         validate_backbone_name(self.backbone)
         validate_device(self.device)
         _positive("n_boot", self.n_boot)
-        _positive("image_size", self.image_size)
         validate_image_size(self.dataset, self.image_size)
         # 0 = the whole train split; a negative cap would silently mean the same
         _positive("max_train", self.max_train, allow_zero=True)
