@@ -334,6 +334,12 @@ CASES: list[Case] = [
         r"parameter 'max_train' must be >= 0: -64",
     ),
     Case(
+        "max-val-negative-transfer",
+        lambda tmp: TransferConfig.from_params(max_val=-5),
+        ConfigError,
+        r"parameter 'max_val' must be >= 0: -5",
+    ),
+    Case(
         "knn-every-0",
         lambda tmp: PretrainConfig.from_params(knn_every=0),
         ConfigError,

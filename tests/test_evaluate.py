@@ -178,6 +178,10 @@ def test_finetune_runs_keeps_best_val_and_is_reproducible(tiny_synth: dict) -> N
     # The returned weights are the best-val epoch's, and evaluating them reproduces its value.
     assert a.best_epoch == int(hist[f"val_{metric}"].idxmax())
     val_scores = predict_split(a.model, tiny_synth["val"], info)
+    # The fit's best-epoch val scores are exactly the returned model's (transfer units reuse
+    # them instead of predicting val again).
+    assert a.val_scores is not None and a.val_scores.dtype == np.float64
+    np.testing.assert_array_equal(a.val_scores, val_scores)
     val_value = compute_metrics(info.task, tiny_synth["val"].labels.numpy(), val_scores, 5)[metric]
     assert val_value == pytest.approx(a.best_value, abs=1e-12)
     # Same seed → identical history and predictions.
@@ -383,3 +387,34 @@ def test_run_transfer_dvme_units(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     fusion = metrics[metrics["arm"] == "fusion"]
     assert set(fusion["protocol"]) == {"dvme_encoders", "dvme_dims", "dvme_concat"}
     assert len(list((tmp_path / "features").glob("*.npz"))) == 2 * 3  # 2 encoders × 3 splits
+
+
+def test_max_val_units_select_on_the_capped_val_and_get_their_own_run_ids(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDSTUDY_RESULTS_DIR", str(tmp_path))
+    base = dict(protocols=["linear", "finetune"], fractions=[1.0], max_train=100)
+    whole = run_transfer(_tiny_cfg(**base))
+    capped = run_transfer(_tiny_cfg(**base, max_val=60))
+    # a capped val split is another selection set: new units, none confused with the old ones
+    assert set(whole["run_id"]).isdisjoint(capped["run_id"])
+    val, test = load_split("synth_lesions", "val"), load_split("synth_lesions", "test")
+    for rid in capped["run_id"].unique():
+        run_dir = paths.run_dir("transfer", rid)
+        preds = pd.read_parquet(run_dir / "predictions.parquet")
+        val_ids = preds.loc[preds["split"] == "val", "sample_id"]
+        assert len(val_ids) == pytest.approx(60, abs=5) and set(val_ids) < set(val.ids)
+        assert preds.loc[preds["split"] == "test", "sample_id"].tolist() == test.ids.tolist()
+        details = pd.read_json(run_dir / "details.json", typ="series")
+        assert details["n_val"] == len(val_ids)
+    # the fine-tuned unit's saved val scores are its model's (kept from the best epoch)
+    rid = capped.loc[capped["protocol"] == "finetune", "run_id"].iloc[0]
+    preds = pd.read_parquet(paths.run_dir("transfer", rid) / "predictions.parquet")
+    rows = preds[preds["split"] == "val"]
+    clf = load_unit_classifier("transfer", rid)
+    ids = pd.Index(val.ids)
+    sub = val.subset(ids.get_indexer(rows["sample_id"]))
+    saved = rows[[f"score_{k}" for k in range(5)]].to_numpy()
+    np.testing.assert_allclose(
+        predict_split(clf, TensorSplit.from_split(sub), val.info), saved, atol=1e-6
+    )

@@ -61,3 +61,25 @@ def test_val_shrinks_with_the_fraction_but_keeps_five_per_class():
 def test_bad_protocol_settings_fail_naming_the_valid_ones(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown {name} '{value}'; valid"):
         _cfg(**{name: value})
+
+
+def test_max_val_caps_the_selection_split_stratified_and_fraction_subsets_come_from_it():
+    whole = load_transfer_data(_cfg())
+    cfg = _cfg(max_val=100, val_labels="fraction")
+    data = load_transfer_data(cfg)
+    assert not whole.val_capped and data.val_capped
+    val, full = data.splits["val"], whole.splits["val"]
+    assert len(val) == pytest.approx(100, abs=len(np.unique(full.labels)))
+    assert set(val.ids.tolist()) <= set(full.ids.tolist())
+    # stratified: every class keeps its share of the whole val split (± 1 image)
+    for c in np.unique(full.labels):
+        share = (full.labels == c).mean() * len(val)
+        assert abs((val.labels == c).sum() - share) <= 1
+    # the same cap for every unit and every load (CAP_SEED), and test is never capped
+    again = load_transfer_data(cfg)
+    assert np.array_equal(again.splits["val"].ids, val.ids)
+    assert np.array_equal(data.splits["test"].ids, whole.splits["test"].ids)
+    subs = unit_subsets(cfg, data, seed=0)
+    assert "val" not in subs[1.0] and len(subs[0.01]["val"]) < len(val)
+    # a cap above the split's size is no cap
+    assert not load_transfer_data(_cfg(max_val=10**6)).val_capped

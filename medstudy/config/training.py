@@ -127,6 +127,10 @@ class TransferConfig(StageConfig):
     patience: int = 5
     batch_size: int = 128
     max_train: int = 0
+    # Model-selection val images at most (stratified, seed CAP_SEED, the same for every unit);
+    # 0 = the whole val split. Val only picks the probe's L2 and the best epoch; the test split
+    # is never capped here.
+    max_val: int = 0
     # "pool": fractions are of the train split capped to max_train (seed-fixed pool);
     # "split": of the whole train split, max_train capping each unit's labelled count.
     fractions_of: str = "pool"
@@ -159,6 +163,7 @@ class TransferConfig(StageConfig):
         validate_image_size(self.dataset, self.image_size)
         # 0 = the whole train split; a negative cap would silently mean the same
         _positive("max_train", self.max_train, allow_zero=True)
+        _positive("max_val", self.max_val, allow_zero=True)
         for arm in (*self.arms, *self.fusion_arms, *self.finetune_arms):
             validate_arm(arm)
         for p in self.protocols:

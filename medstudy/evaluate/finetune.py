@@ -180,7 +180,8 @@ class TrainSettings:
 class FitResult:
     """A finished fit: ``model`` holds the best-val weights (eval mode, on the training device).
 
-    ``history`` has one row per epoch: ``epoch, steps, train_loss, val_<metric>, lr, frozen,
+    ``val_scores`` are the best epoch's val probabilities, identical to
+    :func:`predict_scores` of ``model`` on val (tests pin it). ``history`` has one row per epoch: ``epoch, steps, train_loss, val_<metric>, lr, frozen,
     seconds``.
     """
 
@@ -192,6 +193,8 @@ class FitResult:
     history: pd.DataFrame
     wall_time_s: float
     settings: TrainSettings
+    #: the returned model's val probabilities (float64 (N, K), val order), scored at its epoch
+    val_scores: np.ndarray | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -232,6 +235,7 @@ class SupervisedModule(pl.LightningModule):
         self.best_value = -math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_val_scores: np.ndarray | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self._train_loss: list[torch.Tensor] = []
@@ -282,7 +286,9 @@ class SupervisedModule(pl.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         *inputs, labels = batch
         x = self.transform(tuple(inputs), False, make_generator("cpu", 0))
-        self._val_scores.append(logits_to_scores(self.info, self.model(*x)).float().cpu())
+        # float64, as predict_scores: the best epoch's scores are the returned model's val
+        # predictions (the caller need not predict val again)
+        self._val_scores.append(logits_to_scores(self.info, self.model(*x)).double().cpu())
         self._val_labels.append(labels.cpu())
 
     def on_validation_epoch_end(self) -> None:
@@ -290,8 +296,9 @@ class SupervisedModule(pl.LightningModule):
         labels = torch.cat(self._val_labels).numpy()
         self._val_scores.clear()
         self._val_labels.clear()
+        # the selection metric on float32 scores, as it always was (same best epoch)
         value = compute_metrics(
-            self.info.task, labels, scores, self.info.n_classes, self.info.name
+            self.info.task, labels, scores.astype(np.float32), self.info.n_classes, self.info.name
         )[self.metric]
         epoch = self.current_epoch
         loss = torch.stack(self._train_loss).mean().item() if self._train_loss else math.nan
@@ -311,12 +318,14 @@ class SupervisedModule(pl.LightningModule):
         if math.isfinite(value) and value > self.best_value:
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_val_scores = scores
         else:
             if self.best_state is None:  # keep *some* weights even if val is undefined so far
                 self.best_state = {
                     k: v.detach().clone() for k, v in self.model.state_dict().items()
                 }
                 self.best_epoch = epoch
+                self.best_val_scores = scores
             # Patience only counts once the whole network trains: a frozen warm-up that
             # plateaus must not end the run before fine-tuning has started.
             if self.backbone is None or epoch >= self.settings.warmup_frozen_epochs:
@@ -417,6 +426,7 @@ def fit_supervised(
         history=pd.DataFrame(module.history),
         wall_time_s=time.perf_counter() - t0,
         settings=settings,
+        val_scores=module.best_val_scores,
     )
 
 

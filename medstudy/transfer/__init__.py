@@ -17,7 +17,8 @@ the same weights reached by another notebook-01 config give the same ones; that 
 recorded in details.json), plus the data files' md5s. A finished unit is skipped. The stage is
 not hashed: notebook 03 copies the identical units notebook 02 finished (:func:`reuse_unit`).
 
-Sampling rules: val and test are always complete. ``max_train > 0`` first caps train to a
+Sampling rules: test is always complete; val (model selection only) is complete unless
+``max_val > 0`` caps it (stratified, :data:`CAP_SEED`). ``max_train > 0`` first caps train to a
 seeded stratified subset (seed :data:`CAP_SEED`, the same for every unit, so "100 %" is one
 set); label fractions then subsample that pool with ``sample_fractions(pool.labels, fractions,
 seed)`` (stratified, nested across fractions, ≥ 1 example per class).
@@ -145,7 +146,14 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
         if unit.seed not in subsets:
             subsets[unit.seed] = unit_subsets(cfg, data, unit.seed)
         sub = subsets[unit.seed][unit.fraction]
-        val_hash = ids_hash(data.splits["val"].ids[sub["val"]]) if "val" in sub else ""
+        # A unit whose selection val split is not the whole file's (a label-fraction subset, or
+        # capped by max_val) hashes its val ids; one on the whole split keeps its old run id.
+        val_ids = data.splits["val"].ids
+        val_hash = ""
+        if "val" in sub:
+            val_hash = ids_hash(val_ids[sub["val"]])
+        elif data.val_capped:
+            val_hash = ids_hash(val_ids)
         config = unit_config(cfg, unit, bank, ids_hash(pool.ids[sub["train"]]), val_hash)
         rid = run_id(config, data.inputs)
         if not is_done(stage, rid) and not reuse_unit(rid, stage):

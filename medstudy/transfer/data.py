@@ -24,25 +24,33 @@ class TransferData:
     info: DatasetInfo
     inputs: dict[str, str]  # {data file or source: md5} for run ids
     provenance: dict[str, Any]
+    #: True when ``max_val`` capped the val split: units then hash its sample ids.
+    val_capped: bool = False
 
 
 def load_transfer_data(cfg: TransferConfig) -> TransferData:
     """Load train/val/test. With ``fractions_of == "pool"`` train is first capped to
     ``cfg.max_train`` (stratified, :data:`CAP_SEED`) and fractions are of that pool; with
     ``"split"`` train stays whole and the cap applies to each unit's labelled subset
-    (:func:`medstudy.transfer.units.train_fraction`)."""
+    (:func:`medstudy.transfer.units.train_fraction`). ``cfg.max_val > 0`` caps the val split
+    the same way (stratified, :data:`CAP_SEED`); a val subset of a label fraction
+    (``val_labels == "fraction"``) is then drawn from the capped split."""
     splits = {s: load_split(cfg.dataset, s, cfg.image_size) for s in SPLITS}
     train = splits["train"]
     if cfg.fractions_of == "pool" and 0 < cfg.max_train < len(train):
         idx = sample_fraction(train.labels, cfg.max_train / len(train), CAP_SEED)
         splits["train"] = train.subset(idx)
+    val = splits["val"]
+    val_capped = 0 < cfg.max_val < len(val)
+    if val_capped:
+        splits["val"] = val.subset(sample_fraction(val.labels, cfg.max_val / len(val), CAP_SEED))
     info = train.info
     prov = train.provenance
     # The file name, not its path: moving the data dir must not invalidate finished runs.
     key = Path(prov.file).name if prov.file else f"{cfg.dataset}@{cfg.image_size}"
     inputs = {key: prov.md5 or prov.source}
     provenance = {s: sp.provenance.as_dict() for s, sp in splits.items()}
-    return TransferData(splits, info, inputs, provenance)
+    return TransferData(splits, info, inputs, provenance, val_capped)
 
 
 def ids_hash(ids: np.ndarray) -> str:

@@ -242,7 +242,10 @@ def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
         "epochs_run": fit.epochs_run,
         "fit_seconds": round(fit.wall_time_s, 3),
     }
-    return {s: predict_split(fit.model, tensors[s], info) for s in EVAL_SPLITS}, details
+    # val: the best epoch's scores, kept by the fit (identical to predicting val again)
+    assert fit.val_scores is not None
+    scores = {s: predict_split(fit.model, tensors[s], info) for s in EVAL_SPLITS if s != "val"}
+    return {"val": fit.val_scores, **scores}, details
 
 
 def _dvme(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
