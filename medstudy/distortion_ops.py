@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -42,6 +43,43 @@ def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator) -> 
 
 def _randn(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+#: Values per independent Poisson stream of :func:`_poisson` (fixed, so that a result never
+#: depends on the thread count).
+POISSON_CHUNK = 1 << 20
+
+
+def _poisson(rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Exact Poisson draws with mean ``rate`` (any shape, float), on every CPU core.
+
+    ``torch.poisson``'s CPU kernel is serial (one generator, ~100 ns per value here). The values
+    are cut into fixed chunks of :data:`POISSON_CHUNK`; chunk ``i`` draws from its own
+    generator, seeded with the ``i``-th of one batch of 63-bit seeds drawn from ``generator``,
+    and the chunks run on ``torch.get_num_threads()`` Python threads (torch releases the GIL
+    inside the op). The result depends on the generator's state and the input only, never on
+    the thread count. Off the CPU, one ``torch.poisson`` call (already parallel there).
+    """
+    if rate.device.type != "cpu":
+        return torch.poisson(rate, generator=generator)
+    flat = rate.reshape(-1)
+    n_chunks = max(1, -(-flat.numel() // POISSON_CHUNK))
+    seeds = torch.randint(0, 2**63 - 1, (n_chunks,), generator=generator).tolist()
+    out = torch.empty_like(flat)
+
+    def draw(i: int) -> None:
+        part = slice(i * POISSON_CHUNK, (i + 1) * POISSON_CHUNK)
+        stream = torch.Generator().manual_seed(seeds[i])
+        out[part] = torch.poisson(flat[part], generator=stream)
+
+    workers = min(torch.get_num_threads(), n_chunks)
+    if workers == 1:
+        for i in range(n_chunks):
+            draw(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(draw, range(n_chunks)))
+    return out.view(rate.shape)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

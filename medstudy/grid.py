@@ -3,10 +3,12 @@
 A *job* is one notebook execution: ``results/executed/<notebook>__<key>.ipynb``. Jobs run in
 notebook order (01 → 07), which is the dependency order. A job is skipped when its stamp
 (``results/executed/<notebook>__<key>.done.json``) records the same *job hash*: the hash of its
-parameters, the notebook's source, the md5s of its dataset files and the stamps of the jobs it
-reads from. Inside a notebook every expensive unit is also cached by run_id, so a re-executed
-notebook recomputes only what changed. Code changes inside ``medstudy/`` do not invalidate
-stamps (the manifest records the git SHA); use ``--force`` after changing library code.
+parameters, the notebook's source, the package's code version
+(:func:`medstudy.codeversion.package_version`, a hash of every ``medstudy`` source file), the
+md5s of its dataset files and the stamps of the jobs it reads from. So a code change
+re-executes every job; inside a notebook every expensive unit is cached by run_id and reused
+only if its stage's code is unchanged (:func:`medstudy.results.is_current`), so a re-executed
+notebook recomputes only what the change touched.
 
 CLI (``run_all.sh`` passes its flags here)::
 
@@ -32,6 +34,7 @@ from typing import Any
 import yaml
 
 from medstudy import paths
+from medstudy.codeversion import package_version
 from medstudy.config import (
     ClaimsConfig,
     ConfigError,
@@ -46,6 +49,7 @@ from medstudy.config import (
 )
 from medstudy.data.info import INFO
 from medstudy.data.loaders import file_md5
+from medstudy.locks import hold_lock
 from medstudy.results import now_iso, write_json
 
 #: How a notebook is split into papermill jobs: one per dataset × arm, per dataset, or once.
@@ -301,6 +305,7 @@ def job_hash(job: Job, root: Path) -> str:
     payload = {
         "params": job.params,
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "code": package_version(),
         "data": dataset_inputs(job.dataset, int(job.params.get("image_size", 28))),
         "upstream": upstream,
     }
@@ -397,9 +402,16 @@ def run(
             n_skipped += 1
             print(f"{tag}  skipped (finished, unchanged)", flush=True)
             continue
-        print(f"{tag}  running …", flush=True)
         try:
-            wall = execute(job, root)
+            # one process per job: a second run_all.sh on this results dir waits here, then
+            # finds the job finished (same stamp) and reuses it
+            with hold_lock(f"job__{job.name}", f"job {job.name}", root):
+                if not force and is_finished(job, root):
+                    n_skipped += 1
+                    print(f"{tag}  finished by another process meanwhile (reused)", flush=True)
+                    continue
+                print(f"{tag}  running …", flush=True)
+                wall = execute(job, root)
         except Exception as err:  # noqa: BLE001 - report which notebook to open, then stop
             print(
                 f"\n[medstudy] FAILED: {job.name}: {type(err).__name__}: {str(err)[:2000]}\n"
@@ -466,7 +478,7 @@ def run_slurm(
 
 
 def absolutise_env_dirs(
-    names: Sequence[str] = ("MEDSTUDY_DATA_DIR", "MEDSTUDY_RESULTS_DIR"),
+    names: Sequence[str] = ("MEDSTUDY_DATA_DIR", "MEDSTUDY_RESULTS_DIR", "MEDSTUDY_PARAMS_DIR"),
 ) -> None:
     """Rewrite relative ``MEDSTUDY_*_DIR`` variables as absolute paths (against this cwd)."""
     for name in names:

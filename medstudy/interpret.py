@@ -43,7 +43,9 @@ from medstudy.config import InterpretConfig
 from medstudy.data import Split, load_split
 from medstudy.data.synth import SynthLesions, fov_masks, grades_from_table
 from medstudy.distortions import modality_of
-from medstudy.evaluate.finetune import image_transform, predict_scores
+from medstudy.evaluate.batches import image_transform
+from medstudy.evaluate.finetune import predict_scores
+from medstudy.locks import pending
 from medstudy.masks import (
     SIZE_CLASS_ORDER,
     lesion_masks_by_size,
@@ -54,7 +56,6 @@ from medstudy.masks import (
 from medstudy.results import (
     PREDICTION_KEYS,
     Run,
-    is_done,
     metric_rows,
     read_details,
     read_metrics,
@@ -263,8 +264,9 @@ def run_interpret(cfg: InterpretConfig) -> pd.DataFrame:
     for (arm, seed), src in sources.items():
         config = unit_config(cfg, arm, seed, src, sample)
         rid = run_id(config, inputs)
-        if not is_done(STAGE, rid):
-            _evaluate(cfg, config, inputs, src, sample, device)
+        with pending(STAGE, rid) as todo:
+            if todo:
+                _evaluate(cfg, config, inputs, src, sample, device)
         frames.append(read_metrics(STAGE, rid))
     return pd.concat(frames, ignore_index=True)
 

@@ -1,9 +1,10 @@
-"""Every path of the study, derived from the repo root and two environment variables.
+"""Every path of the study, derived from the repo root and three environment variables.
 
 - ``MEDSTUDY_DATA_DIR``: where dataset files and offline weights live (default ``<repo>/data``).
 - ``MEDSTUDY_RESULTS_DIR``: where runs are written (default ``<repo>/results``).
+- ``MEDSTUDY_PARAMS_DIR``: where profiles are read (default ``<repo>/params``).
 
-Relative values of either variable are resolved against the current working directory at call
+Relative values of any of them are resolved against the current working directory at call
 time, so ``MEDSTUDY_DATA_DIR=../shared/data ./run_all.sh`` means what it says.
 """
 
@@ -60,8 +61,9 @@ def notebooks_dir() -> Path:
 
 
 def params_dir() -> Path:
-    """Profile grids: ``params/{smoke,quick,full}.yaml``."""
-    return REPO_ROOT / "params"
+    """Profile grids: ``params/{smoke,quick,full}.yaml``, or ``$MEDSTUDY_PARAMS_DIR`` (a folder
+    of your own profiles; the tests use it for throw-away ones)."""
+    return _env_dir("MEDSTUDY_PARAMS_DIR", REPO_ROOT / "params")
 
 
 def paper_dir() -> Path:

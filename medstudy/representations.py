@@ -55,12 +55,12 @@ from medstudy import paths, repstats
 from medstudy.augment import RECIPES, augment_batch, recipe_for_dataset
 from medstudy.config import RepresentationsConfig
 from medstudy.data import Split, TensorSplit, load_split, sample_fraction, to_float, to_model_input
+from medstudy.locks import pending
 from medstudy.models import Backbone
 from medstudy.results import (
     Run,
     atomic_write,
     finished_run_ids,
-    is_done,
     metric_rows,
     read_details,
     read_metrics,
@@ -190,9 +190,10 @@ def run_representations(cfg: RepresentationsConfig) -> pd.DataFrame:
         config.update(sample_ids_md5=ids_hash(sample.ids), n_spectrum=cfg.n_spectrum)
         config.update(views_recipe=cfg.views_recipe)
         rid = run_id(config, inputs)
-        if not is_done(STAGE, rid):
-            views = views or _views(cfg, images, sample.info.n_channels)
-            _compute(cfg, unit, config, inputs, sample, images, views, device)
+        with pending(STAGE, rid) as todo:
+            if todo:
+                views = views or _views(cfg, images, sample.info.n_channels)
+                _compute(cfg, unit, config, inputs, sample, images, views, device)
         frames.append(read_metrics(STAGE, rid))
     return pd.concat(frames, ignore_index=True)
 
@@ -425,13 +426,12 @@ def embeddings(metrics: pd.DataFrame, perplexity: float = 30.0) -> pd.DataFrame:
         config = {"kind": "embedding", "unit": r.run_id, "layer": feats.layer, "method": "tsne"}
         config.update(perplexity=perp, max_iter=TSNE_MAX_ITER, seed=TSNE_SEED)
         rid = run_id(config)
-        if not is_done(STAGE, rid):
-            tsne = TSNE(
-                2, perplexity=perp, init="pca", max_iter=TSNE_MAX_ITER, random_state=TSNE_SEED
-            )
-            xy = tsne.fit_transform(feats.features.astype(np.float64))
-            with Run(STAGE, config, seed=TSNE_SEED) as run:
-                _save_npz(run.path(EMBEDDING_FILE), xy=xy, sample_id=feats.sample_id)
+        with pending(STAGE, rid) as todo:
+            if todo:
+                kw = {"perplexity": perp, "max_iter": TSNE_MAX_ITER, "random_state": TSNE_SEED}
+                xy = TSNE(2, init="pca", **kw).fit_transform(feats.features.astype(np.float64))
+                with Run(STAGE, config, seed=TSNE_SEED) as run:
+                    _save_npz(run.path(EMBEDDING_FILE), xy=xy, sample_id=feats.sample_id)
         with np.load(paths.run_dir(STAGE, rid) / EMBEDDING_FILE, allow_pickle=False) as z:
             xy = z["xy"]
         labels = feats.labels

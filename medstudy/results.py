@@ -4,13 +4,17 @@ Layout (DESIGN §7)::
 
     results/<stage>/<run_id>/
         config.json          the resolved config
-        manifest.json        git SHA + dirty flag, versions, data md5s, device, seed, times
+        manifest.json        git SHA + dirty flag, code version, versions, data md5s, device,
+                             seed, times
         metrics.csv          long/tidy, columns METRIC_COLUMNS
         predictions.parquet  sample_id, y_true, score_* (+ the identifying columns)
         DONE                 written last; a run without it is unfinished and is recomputed
 
 ``run_id`` is a hash of the resolved config plus the md5s of its inputs, so a change of either
-gives a new run and an unchanged one is found again (the cache).
+gives a new run and an unchanged one is found again (the cache). A finished run is reused only
+if the code that made it is the code installed now (:func:`is_current`, the stage's
+:func:`medstudy.codeversion.stage_version` in ``manifest["code"]``); otherwise its stage
+recomputes it in place, so one folder never holds two versions.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from medstudy import paths
+from medstudy.codeversion import stage_version
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "stage",
@@ -62,6 +68,12 @@ PREDICTION_KEYS: tuple[str, ...] = (
     "severity",
 )
 DONE_FILE = "DONE"
+#: The code version an unfinished run folder is being computed by (its resume points are
+#: only reused by the same code).
+CODE_FILE = "CODE"
+#: Fault injection for tests: a process with this environment variable set to a file name
+#: SIGKILLs itself between writing that file's temp copy and renaming it (:func:`atomic_write`).
+FAULT_KILL_BEFORE_RENAME = "MEDSTUDY_FAULT_KILL_BEFORE_RENAME"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.csv"
@@ -71,8 +83,8 @@ DETAILS_FILE = "details.json"
 COPIED_FROM = "copied_from"
 #: Keys every finished run's manifest holds (:meth:`Run.manifest`); ``git`` holds GIT_KEYS.
 MANIFEST_KEYS: tuple[str, ...] = (
-    "stage", "run_id", "git", "versions", "inputs", "data", "seed", "device", "start", "end",
-    "wall_time_s",
+    "stage", "run_id", "git", "code", "versions", "inputs", "data", "seed", "device", "start",
+    "end", "wall_time_s",
 )  # fmt: skip
 GIT_KEYS: tuple[str, ...] = ("sha", "dirty")
 PACKAGES: tuple[str, ...] = (
@@ -108,6 +120,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        if os.environ.get(FAULT_KILL_BEFORE_RENAME) == path.name:
+            # Fault injection (tests/test_faults.py): die like a killed kernel in the middle of
+            # this write, the temp file written and the real one not yet in place.
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
     except OSError as err:
         if err.errno is None or err.filename is not None:
@@ -167,6 +183,23 @@ def run_id(config: Any, inputs: Mapping[str, str] | None = None) -> str:
 def is_done(stage: str, rid: str) -> bool:
     """True when ``results/<stage>/<rid>/`` was finished (its DONE marker exists)."""
     return (paths.run_dir(stage, rid) / DONE_FILE).exists()
+
+
+def run_code_version(stage: str, rid: str, root: Path | None = None) -> str | None:
+    """The code version recorded in a run's manifest (None: no manifest, or a run made before
+    versions were recorded)."""
+    path = _run_dir(stage, rid, root) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    code = json.loads(path.read_text()).get("code")
+    return code.get("version") if isinstance(code, dict) else None
+
+
+def is_current(stage: str, rid: str) -> bool:
+    """True when the run is finished *and* was made by the code installed now (its stage's
+    :func:`~medstudy.codeversion.stage_version`): the test a stage uses to skip a unit. A
+    finished run of other code is recomputed, never reused silently."""
+    return is_done(stage, rid) and run_code_version(stage, rid) == stage_version(stage)
 
 
 # ------------------------------------------------------------------------------- manifest --
@@ -239,8 +272,26 @@ class Run:
         return is_done(self.stage, self.id)
 
     def __enter__(self) -> Run:
+        code = stage_version(self.stage)
+        marker = self.dir / CODE_FILE
+        if self.dir.exists() and (
+            (self.dir / DONE_FILE).exists()
+            or not marker.exists()
+            or marker.read_text().strip() != code
+        ):
+            # A finished run is entered again only when other code made it, and an unfinished
+            # one of other (or unknown) code: none of its files, resume points included, may
+            # leak into this computation. An unfinished run of this code keeps its resume
+            # points.
+            shutil.rmtree(self.dir)
+        elif self.dir.exists():
+            # an unfinished run of this code: keep its resume points, drop the temp files of
+            # writes a kill interrupted
+            for f in self.dir.rglob("*"):
+                if f.is_file() and is_temp_file(f):
+                    f.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / DONE_FILE).unlink(missing_ok=True)
+        atomic_write_text(marker, code + "\n")
         self._t0, self._start = time.perf_counter(), now_iso()
         write_json(self.dir / CONFIG_FILE, self.config)
         return self
@@ -260,6 +311,7 @@ class Run:
             "stage": self.stage,
             "run_id": self.id,
             "git": git_state(),
+            "code": {"version": stage_version(self.stage)},
             "versions": {"python": platform.python_version(), **package_versions()},
             "inputs": self.inputs,
             "data": self.data,

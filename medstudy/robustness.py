@@ -31,10 +31,10 @@ from medstudy.config import RobustnessConfig
 from medstudy.data import Split, TensorSplit, load_split, sample_fraction
 from medstudy.data.tensors import to_float, to_model_input
 from medstudy.evaluate.finetune import predict_scores
+from medstudy.locks import pending
 from medstudy.metrics import compute_metrics
 from medstudy.results import (
     Run,
-    is_done,
     metric_rows,
     predictions_frame,
     read_metrics,
@@ -116,8 +116,9 @@ def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:
             "max_test": cfg.max_test,
         }
         rid = run_id(config, inputs)
-        if not is_done(STAGE, rid):
-            _evaluate(cfg, config, inputs, src, conditions, test, images, device, cache)
+        with pending(STAGE, rid) as todo:
+            if todo:
+                _evaluate(cfg, config, inputs, src, conditions, test, images, device, cache)
         frames.append(read_metrics(STAGE, rid))
     return pd.concat(frames, ignore_index=True)
 

@@ -39,6 +39,7 @@ finetune_min_steps: int = 1  # min steps per fine-tuning epoch (tiny fractions r
 patience: int = 5  # epochs without a better val primary metric before stopping
 batch_size: int = 128  # fine-tuning batch size
 max_train: int = 0  # cap on train images (stratified, fixed seed) before the fractions, 0 for none
+max_val: int = 0  # cap on model-selection val images (stratified, fixed seed), 0 for all
 fractions_of: str = "pool"  # pool: fractions of the capped pool; split: of the whole split
 val_labels: str = "full"  # full: select on all of val; fraction: on a same-fraction subset
 fusion_arms: list[str] = []  # two or more arms fused by DVME at every fraction (empty: none)

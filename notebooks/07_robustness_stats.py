@@ -31,6 +31,7 @@ n_boot: int = 2000  # bootstrap replicates (hierarchical and paired bootstraps)
 seed: int = 0  # seeds every bootstrap
 profile: str = "quick"  # the profile analysed (recorded in claims.csv and the paper)
 datasets: list[str] = []  # datasets to test; empty means every dataset with results
+allow_mixed_code: bool = False  # pair runs of one stage made by different code versions
 
 # %%
 from medstudy.config import ClaimsConfig

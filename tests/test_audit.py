@@ -142,7 +142,7 @@ def test_leftover_temp_file(tree: dict) -> None:
     assert p.kind == "temp-file" and p.path == f"transfer/{tree['a'].id}/{Path(name).name}"
 
 
-@pytest.mark.parametrize("key", ["seed", "wall_time_s", "inputs"])
+@pytest.mark.parametrize("key", ["seed", "wall_time_s", "inputs", "code"])
 def test_manifest_missing_a_key(tree: dict, key: str) -> None:
     path = tree["b"].dir / MANIFEST_FILE
     manifest = json.loads(path.read_text())

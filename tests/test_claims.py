@@ -3,7 +3,9 @@ multiplicity, pairing, and the fast metrics against medstudy.metrics / medstudy.
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +212,23 @@ def test_duplicate_runs_for_one_key_are_an_error(results_tmp: Path) -> None:
     shutil.copytree(runs[1], runs[1].with_name("stale-run"))  # e.g. a smoke run left behind
     with pytest.raises(ValueError, match="more than one finished run.*stale-run"):
         cl.evaluate_claims(results_tmp, CFG)
+
+
+def test_runs_of_two_code_versions_are_refused_by_name_unless_allowed(results_tmp: Path) -> None:
+    runs = add_runs(results_tmp, "transfer", PNEU, {"natural_sup": 2.0, "scratch": 1.0})
+    for i, run in enumerate(runs):  # one run made by newer code than the others
+        manifest = {"code": {"version": "new0code" if i == 1 else "old0code"}}
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(cl.MixedCodeError, match=r"2 code versions.*new0code: 1 run\(s\)") as err:
+        cl.evaluate_claims(results_tmp, CFG)
+    assert runs[1].name in str(err.value) and "allow_mixed_code" in str(err.value)
+    assert len(cl.inventory(results_tmp))  # listing pairs nothing: allowed
+    df = cl.evaluate_claims(results_tmp, replace(CFG, allow_mixed_code=True))
+    assert one_row(df, "C1", f"natural_sup {cl.MINUS} scratch")["test"] != ""
+    # one version throughout (here: all the new one) is fine
+    for run in runs:
+        (run / "manifest.json").write_text(json.dumps({"code": {"version": "new0code"}}))
+    assert len(cl.evaluate_claims(results_tmp, CFG))
 
 
 def test_selected_datasets_only(results_tmp: Path) -> None:

@@ -308,6 +308,43 @@ def test_noise_statistics() -> None:
     assert torch.equal(y * 5, (y * 5).round()), "counts / λ"
 
 
+@pytest.mark.parametrize("lam", [0.7, 3.7, 25.0])
+def test_chunked_poisson_is_exact_poisson_and_ignores_the_thread_count(
+    lam: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scipy import stats
+
+    from medstudy import distortion_ops
+
+    # many small chunks: every chunk has its own stream, and the chunk seams must not show
+    monkeypatch.setattr(distortion_ops, "POISSON_CHUNK", 7_001)
+    rate = torch.full((200_000,), lam)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = distortion_ops._poisson(rate, _gen(3))
+        torch.set_num_threads(2)
+        two = distortion_ops._poisson(rate, _gen(3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # the thread count changes nothing
+    assert not torch.equal(one, distortion_ops._poisson(rate, _gen(4)))  # the seed does
+    # Pearson chi-square goodness of fit to scipy's Poisson pmf, tail bins merged (E >= 20)
+    counts = np.bincount(one.numpy().astype(np.int64))
+    k_max = int(stats.poisson.ppf(1 - 1e-4, lam))
+    observed = np.append(counts[:k_max], counts[k_max:].sum())
+    probs = np.append(stats.poisson.pmf(np.arange(k_max), lam), stats.poisson.sf(k_max - 1, lam))
+    expected = probs * len(rate)
+    keep = expected >= 20
+    obs, exp = observed[keep], expected[keep]
+    if not keep.all():
+        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    # whole counts, a different stream in every chunk (no repeated chunk)
+    assert torch.equal(one, one.round())
+    assert not torch.equal(one[:7_001], one[7_001:14_002])
+
+
 def test_stain_shift_matches_skimage_hed_round_trip() -> None:
     assert np.allclose(np.array(dist._RGB_FROM_HED), rgb_from_hed)
     x = reference_image(3, n=4).double()

@@ -6,6 +6,7 @@ file stays well under the 3-minute budget on a 2-core CPU.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 
 import numpy as np
@@ -30,13 +31,17 @@ from medstudy.evaluate import (
     train_dvme,
 )
 from medstudy.evaluate.dvme import DVME_SETTINGS
+from medstudy.evaluate.finetune import fit_supervised
 from medstudy.figures import label_efficiency_table, plot_label_efficiency, plot_transfer
 from medstudy.metrics import compute_metrics
-from medstudy.models import RESNET20_FILE, create_backbone
+from medstudy.models import RESNET20_FILE, Classifier, build_head, create_backbone
 from medstudy.runtime import resolve_device
 from medstudy.stats import area_under_label_curve
 from medstudy.transfer import load_unit_classifier, plan_units, run_transfer
 from medstudy.transfer import units as transfer_units
+
+# the module (medstudy.evaluate re-exports its function under the same name)
+finetune_mod = importlib.import_module("medstudy.evaluate.finetune")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -161,9 +166,102 @@ def tiny_synth() -> dict[str, TensorSplit]:
     return out
 
 
-def _finetune(tiny: dict, settings: TrainSettings, seed: int = 0):  # noqa: ANN202
+def _finetune(tiny: dict, settings: TrainSettings, seed: int = 0, run_dir=None):  # noqa: ANN001, ANN202
     backbone = create_backbone("resnet20_cifar", "scratch", seed=0)
-    return finetune(backbone, tiny["train"], tiny["val"], tiny["info"], settings, seed=seed)
+    return finetune(
+        backbone, tiny["train"], tiny["val"], tiny["info"], settings, seed=seed, run_dir=run_dir
+    )
+
+
+def _kill_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """A fit "killed" right after epoch ``epoch``'s history and checkpoint are written."""
+    real = finetune_mod._FitEpochEnd.on_train_epoch_end
+
+    def kill(self, trainer, module) -> None:  # noqa: ANN001
+        real(self, trainer, module)
+        if trainer.current_epoch == epoch:
+            raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(finetune_mod._FitEpochEnd, "on_train_epoch_end", kill)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_killed_finetune_resumes_after_its_last_epoch_and_ends_identical(
+    tiny_synth: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = TrainSettings(max_epochs=4, patience=4, batch_size=32, lr=0.05, augment=True)
+    straight = _finetune(tiny_synth, settings, run_dir=tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 1)
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            _finetune(tiny_synth, settings, run_dir=run_dir)
+    before = pd.read_csv(run_dir / "history.csv")
+    assert before["epoch"].tolist() == [0, 1] and (run_dir / finetune_mod.RESUME_FILE).exists()
+    resumed = _finetune(tiny_synth, settings, run_dir=run_dir)
+    after = pd.read_csv(run_dir / "history.csv")
+    assert after["epoch"].tolist() == [0, 1, 2, 3]
+    # epochs 0 and 1 were not trained again: their rows, wall-clock seconds included, are the
+    # killed fit's
+    pd.testing.assert_frame_equal(after.iloc[:2], before)
+    # and the resumed fit ends where the uninterrupted one did
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns="seconds"), straight.history.drop(columns="seconds")
+    )
+    assert (resumed.best_epoch, resumed.best_value) == (straight.best_epoch, straight.best_value)
+    assert _same_state(resumed.model, straight.model)
+    np.testing.assert_array_equal(resumed.val_scores, straight.val_scores)
+
+
+def test_a_fit_killed_after_its_early_stop_does_not_train_on(
+    tiny_synth: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = TrainSettings(max_epochs=10, patience=2, batch_size=48, lr=1e-12, backbone_lr_mult=0)
+    straight = _finetune(tiny_synth, settings)
+    assert straight.epochs_run == 3  # stopped after epoch 2 (as test_finetune_early_stops)
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            _finetune(tiny_synth, settings, run_dir=tmp_path)
+    resumed = _finetune(tiny_synth, settings, run_dir=tmp_path)
+    assert resumed.epochs_run == 3 and resumed.best_epoch == 0
+    assert _same_state(resumed.model, straight.model)
+
+
+def test_a_non_finite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
+    tiny_synth: dict, tmp_path
+) -> None:
+    info, train, val = tiny_synth["info"], tiny_synth["train"], tiny_synth["val"]
+    settings = TrainSettings(max_epochs=3, patience=3, batch_size=32)
+    steps_per_epoch = -(-len(train.labels) // settings.batch_size)
+    base = finetune_mod.image_transform(False)
+    calls = {"train": 0}
+
+    def poisoned(inputs, train_mode, generator):  # noqa: ANN001, ANN202
+        (x,) = base(inputs, train_mode, generator)
+        if train_mode:
+            calls["train"] += 1
+            if calls["train"] > steps_per_epoch:  # from the second epoch on
+                x = x * float("nan")
+        return (x,)
+
+    model = Classifier(create_backbone("resnet20_cifar", "scratch", seed=0), build_head(info, 64))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at epoch 1"):
+        fit_supervised(
+            model, (train.images,), train.labels, (val.images,), val.labels, info, settings,
+            seed=0, transform=poisoned, run_dir=tmp_path,
+        )  # fmt: skip
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0]
+    ckpt = torch.load(tmp_path / finetune_mod.RESUME_FILE, weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["medstudy_fit"]["best_epoch"] == 0
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_finetune_runs_keeps_best_val_and_is_reproducible(tiny_synth: dict) -> None:

@@ -135,6 +135,17 @@ def test_stamp_skips_only_unchanged_jobs(results_tmp):
     assert not grid.is_finished(job, root)
 
 
+def test_a_code_change_invalidates_every_stamp(results_tmp, monkeypatch):
+    job = expand(load_profile("smoke"), only=["02"], datasets=["retinamnist"])[0]
+    root = paths.results_dir()
+    job.output(root).parent.mkdir(parents=True)
+    job.output(root).write_text("{}")
+    job.stamp(root).write_text(json.dumps({"hash": grid.job_hash(job, root)}))
+    assert grid.is_finished(job, root)
+    monkeypatch.setattr(grid, "package_version", lambda: "edited-code")
+    assert not grid.is_finished(job, root)
+
+
 def test_relative_env_dirs_are_pinned_before_kernels_start(tmp_path, monkeypatch):
     # papermill runs kernels in notebooks/; a relative MEDSTUDY_DATA_DIR must keep its meaning
     monkeypatch.chdir(tmp_path)

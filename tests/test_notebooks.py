@@ -83,6 +83,13 @@ def test_every_parameter_is_a_config_field_with_the_same_default(script):
     assert not unknown, (
         f"{script.name}: parameters that are not {config.__name__} fields: {unknown}"
     )
+    # and the reverse: a field that changes the computation is a parameter a reader sees
+    # (papermill would inject a missing one from a profile with only a warning); display-only
+    # fields a notebook does not use may stay out
+    hidden = sorted(
+        n for n in set(declared) - set(params) if not declared[n].metadata.get("display")
+    )
+    assert not hidden, f"{script.name}: {config.__name__} fields with no parameter: {hidden}"
     for name, value in params.items():
         f = declared[name]
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]

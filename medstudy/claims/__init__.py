@@ -128,7 +128,7 @@ from medstudy.claims.columns import (
     VERDICT_COLOURS,
     VERDICTS,
 )
-from medstudy.claims.index import Key, ResultsIndex, is_clean
+from medstudy.claims.index import Key, MixedCodeError, ResultsIndex, is_clean
 from medstudy.claims.pairing import PairedPredictions, pair_predictions, prediction_arrays
 from medstudy.claims.registry import CLAIMS
 from medstudy.claims.table import (
@@ -162,6 +162,7 @@ __all__ = [
     "VERDICT_COLOURS",
     "Claim",
     "Key",
+    "MixedCodeError",
     "NotRunError",
     "PairedPredictions",
     "ResultsIndex",

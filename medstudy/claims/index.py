@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,6 +18,10 @@ CLEAN_DISTORTIONS: tuple[str, ...] = ("none", "clean", "")
 CLEAN: tuple[str, int] = ("none", 0)
 SPLIT_TEST = "test"
 SPLIT_VAL = "val"
+
+
+class MixedCodeError(ValueError):
+    """The runs a claim would pair were made by different code versions."""
 
 
 class Key(NamedTuple):
@@ -68,16 +73,45 @@ class ResultsIndex:
     ``root``; every read goes through :mod:`medstudy.results`."""
 
     root: Path
+    #: pair runs of one stage made by different code versions (the default refuses, naming them)
+    allow_mixed_code: bool = False
     _groups: dict[str, Groups] = field(default_factory=dict)
     _metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    _checked: set[str] = field(default_factory=set)
 
     def has_stage(self, stage: str) -> bool:
         return results.has_finished_runs(stage, self.root)
 
+    def check_code(self, stage: str, run_ids: Iterable[str]) -> None:
+        """Every run of ``stage`` that claims read must come from one code version (its
+        manifest's, :mod:`medstudy.codeversion`); else :class:`MixedCodeError` naming the
+        versions and their runs, unless ``allow_mixed_code``."""
+        if self.allow_mixed_code or stage in self._checked:
+            return
+        by_version: dict[str, list[str]] = {}
+        for rid in sorted(set(run_ids)):
+            version = results.run_code_version(stage, rid, self.root) or "unrecorded"
+            by_version.setdefault(version, []).append(rid)
+        if len(by_version) > 1:
+            found = "; ".join(
+                f"{v}: {len(r)} run(s), e.g. {r[:2]}" for v, r in sorted(by_version.items())
+            )
+            raise MixedCodeError(
+                f"the finished runs of stage {stage!r} under {self.root / stage} were made by "
+                f"{len(by_version)} code versions ({found}); claims pair only runs of one "
+                "version. Re-run the stage's notebooks with the current code (run_all.sh "
+                "re-executes every job after a code change and recomputes the runs of older "
+                "code), or set allow_mixed_code=True (ClaimsConfig) to pair them anyway."
+            )
+        self._checked.add(stage)
+
     def groups(self, stage: str) -> Groups:
-        """Test predictions of the stage by key; a key held by two runs is an error."""
+        """Test predictions of the stage by key; a key held by two runs is an error, and so
+        are runs of several code versions (:meth:`check_code`)."""
         if stage not in self._groups:
             preds = results.collect_predictions(stage, self.root)
+            if len(preds):
+                self.check_code(stage, preds["run_id"].astype(str))
             index: Groups = {}
             clashes = []
             if len(preds):
@@ -101,6 +135,8 @@ class ResultsIndex:
     def metrics(self, stage: str) -> pd.DataFrame:
         if stage not in self._metrics:
             m = results.collect_metrics(stage, self.root)
+            if len(m):
+                self.check_code(stage, m["run_id"].astype(str))
             self._metrics[stage] = normalise_keys(m) if len(m) else m
         return self._metrics[stage]
 

@@ -67,7 +67,8 @@ def evaluate_claims(
     breakdown is in ``df.attrs["per_seed"]`` (columns ``PER_SEED_COLUMNS``).
     """
     cfg = cfg or ClaimsConfig()
-    res = ResultsIndex(Path(results_dir) if results_dir is not None else paths.results_dir())
+    root = Path(results_dir) if results_dir is not None else paths.results_dir()
+    res = ResultsIndex(root, allow_mixed_code=cfg.allow_mixed_code)
     rows: list[Row] = []
     for claim in CLAIMS.values():
         # never drop a claim silently: a claim without rows gets a "not run" row
@@ -125,8 +126,10 @@ def claims_table() -> pd.DataFrame:
 
 def inventory(results_dir: Path | None = None) -> pd.DataFrame:
     """What the finished runs hold: test predictions per stage, dataset, protocol and arm, with
-    their seeds and label fractions (the inputs ``evaluate_claims`` can use)."""
-    res = ResultsIndex(Path(results_dir) if results_dir is not None else paths.results_dir())
+    their seeds and label fractions (the inputs ``evaluate_claims`` can use). Listing pairs
+    nothing: runs of several code versions are listed (``evaluate_claims`` refuses them)."""
+    root = Path(results_dir) if results_dir is not None else paths.results_dir()
+    res = ResultsIndex(root, allow_mixed_code=True)
     rows = []
     for stage in STAGE_NOTEBOOK:
         if stage == "pretrain" or not res.has_stage(stage):

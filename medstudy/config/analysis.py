@@ -241,6 +241,9 @@ class ClaimsConfig(StageConfig):
     seed: int = 0
     profile: str = "quick"
     datasets: tuple[str, ...] = field(default_factory=tuple)  # () = every dataset with results
+    # pair runs of one stage made by different code versions (manifest "code"); False refuses,
+    # naming them (results of old and new code must not meet in one test silently)
+    allow_mixed_code: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:

@@ -4,21 +4,20 @@ tables and figures are :mod:`medstudy.figures`.
 
 - frozen features (:mod:`.features`), the linear probe on them (:mod:`.linear`) and the
   weighted kNN, also the pretraining monitor's (:mod:`.knn`);
-- full fine-tuning with early stopping on val, the study's one supervised loop (:mod:`.finetune`);
+- full fine-tuning with early stopping on val, the study's one supervised loop (:mod:`.finetune`,
+  its batches and transform in :mod:`.batches`);
 - DVME fusion of several frozen encoders (:mod:`.dvme`, Truong et al. 2021).
 """
 
+from medstudy.evaluate.batches import FINETUNE_RECIPE, TensorBatches, image_transform
 from medstudy.evaluate.dvme import DVME, DVME_SETTINGS, TOKEN_MODES, DVMEProbe, train_dvme
 from medstudy.evaluate.features import extract_features
 from medstudy.evaluate.finetune import (
-    FINETUNE_RECIPE,
     FitResult,
     SupervisedModule,
-    TensorBatches,
     TrainSettings,
     finetune,
     fit_supervised,
-    image_transform,
     predict_scores,
     predict_split,
 )

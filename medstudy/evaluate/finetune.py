@@ -19,6 +19,12 @@ pretraining loop serves every pretext task:
 - class imbalance: none by default (the loss sees the training prevalence, and imbalance is
   visible in balanced accuracy / macro F1); ``class_weighted_loss=True`` switches to inverse-
   frequency weighted cross-entropy (``pos_weight`` for multi-label BCE);
+- with a ``run_dir``, the whole state (weights, optimiser, schedule, the best epoch so
+  far, the history and every generator) is saved at the end of each epoch (atomically), and a
+  fit that finds it resumes after that epoch instead of from epoch 0, ending with the same
+  weights and history as an uninterrupted fit (tests pin it); a non-finite training loss stops
+  the fit with ``FloatingPointError`` naming the epoch and step, and the last good epoch's
+  checkpoint stays;
 - CPU fp32; the device is explicit (:func:`medstudy.runtime.resolve_device`) and never
   switched silently.
 
@@ -33,8 +39,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -42,101 +50,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from medstudy.augment import AugmentRecipe, ViewTransform, augment_batch, recipe_for_dataset
 from medstudy.data.info import DatasetInfo
-from medstudy.data.tensors import TensorSplit, to_float, to_model_input
+from medstudy.data.tensors import TensorSplit
+from medstudy.evaluate.batches import (
+    AtomicCheckpointIO,
+    InputTransform,
+    TensorBatches,
+    _identity,
+    image_transform,
+)
 from medstudy.metrics import PRIMARY_METRIC, SELECT_METRICS, compute_metrics
 from medstudy.models import Backbone, Classifier, build_head, logits_to_scores
+from medstudy.results import atomic_write
 from medstudy.runtime import make_generator, precision, quiet_lightning, seeded_build
 
-#: A batch transform: ``(inputs, train, generator) -> inputs`` applied on the training device.
-InputTransform = Callable[
-    [tuple[torch.Tensor, ...], bool, torch.Generator], tuple[torch.Tensor, ...]
-]
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-
-
-# ------------------------------------------------------------------------------------- data --
-class TensorBatches:
-    """Re-iterable batches ``(*inputs, labels)`` of in-memory tensors (one epoch per ``iter``).
-
-    ``inputs`` share the first (sample) axis with ``labels``. With ``shuffle`` the order of every
-    epoch is drawn from ``generator`` (CPU), so a seeded generator fixes all epochs.
-    """
-
-    def __init__(
-        self,
-        inputs: Sequence[torch.Tensor],
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-        min_batches: int = 1,
-    ) -> None:
-        if shuffle and generator is None:
-            raise ValueError("shuffle=True needs an explicit torch.Generator (seeded runs)")
-        if min_batches > 1 and not shuffle:
-            raise ValueError("min_batches > 1 repeats the data, which only makes sense shuffled")
-        n = int(labels.shape[0])
-        if any(int(x.shape[0]) != n for x in inputs):
-            raise ValueError("every input must have as many rows as labels")
-        self.inputs, self.labels = tuple(inputs), labels
-        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
-        per_pass = math.ceil(n / batch_size)
-        #: Passes over the data per epoch: enough for ``min_batches`` batches (a tiny label
-        #: fraction would otherwise get one optimiser step per epoch).
-        self.passes = max(1, math.ceil(min_batches / max(per_pass, 1)))
-
-    def __len__(self) -> int:
-        return self.passes * math.ceil(int(self.labels.shape[0]) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = int(self.labels.shape[0])
-        for _ in range(self.passes):
-            if self.shuffle:
-                order = torch.randperm(n, generator=self.generator)
-            else:
-                order = torch.arange(n)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size].to(self.labels.device)
-                if self.shuffle and len(idx) == 1 and n > 1:
-                    # A lone training sample breaks BatchNorm on 1x1 maps (timm ResNets at
-                    # 28 px); with shuffling it is a different sample each time: nothing lost.
-                    continue
-                yield (*(x[idx] for x in self.inputs), self.labels[idx])
-
-
-# ----------------------------------------------------------------------------- augmentation --
-#: Light fine-tuning augmentation: a mild random resized crop and a horizontal flip, no colour
-#: jitter (label-relevant intensity, e.g. exudates, must survive). Rotation-invariant datasets
-#: (histology, dermoscopy) also get vertical flips and 90° rotations via ``recipe_for_dataset``.
-FINETUNE_RECIPE = AugmentRecipe(
-    "finetune",
-    (ViewTransform(crop_scale=(0.7, 1.0), jitter_prob=0.0, grayscale_prob=0.0),),
-    "light crop + flip, as in the MedMNIST-style supervised baselines",
-)
-
-
-def image_transform(augment: bool, dataset: str = "", n_channels: int = 3) -> InputTransform:
-    """uint8 images → model input; with ``augment``, :data:`FINETUNE_RECIPE` (batched on the
-    device, :func:`medstudy.augment.augment_batch`) when training. Eval is never augmented."""
-    view = recipe_for_dataset(FINETUNE_RECIPE, dataset, n_channels).views[0] if augment else None
-
-    def transform(
-        inputs: tuple[torch.Tensor, ...], train: bool, generator: torch.Generator
-    ) -> tuple[torch.Tensor, ...]:
-        x = to_float(inputs[0])
-        if train and view is not None:
-            x = augment_batch(x, view, generator)
-        return (to_model_input(x),)
-
-    return transform
-
-
-def _identity(
-    inputs: tuple[torch.Tensor, ...], train: bool, generator: torch.Generator
-) -> tuple[torch.Tensor, ...]:
-    return inputs
 
 
 # --------------------------------------------------------------------------------- settings --
@@ -243,6 +171,9 @@ class SupervisedModule(pl.LightningModule):
         self._val_labels: list[torch.Tensor] = []
         self._epoch_t0 = 0.0
         self._aug_gen: torch.Generator | None = None
+        #: the train batches' generator (its state goes into the resume checkpoint)
+        self.batch_generator: torch.Generator | None = None
+        self._stopped = False  # restored from a checkpoint of a fit that had stopped early
 
     # -- freezing ---------------------------------------------------------------------------
     @property
@@ -280,6 +211,13 @@ class SupervisedModule(pl.LightningModule):
         assert self._aug_gen is not None
         x = self.transform(tuple(inputs), True, self._aug_gen)
         loss = self.loss_fn(self.model(*x), self._targets(labels))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at epoch {self.current_epoch} "
+                f"(history.csv numbering), step {self.global_step}; lower the learning rate "
+                f"(lr={self.settings.lr}, backbone_lr_mult={self.settings.backbone_lr_mult}). "
+                "The last good epoch's resume checkpoint, if the fit keeps one, is left in place."
+            )
         self._train_loss.append(loss.detach())
         return loss
 
@@ -332,6 +270,49 @@ class SupervisedModule(pl.LightningModule):
                 self.bad_epochs += 1
         if self.bad_epochs >= self.settings.patience:
             self.trainer.should_stop = True
+            self._stopped = True
+
+    # -- resume -----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self._stopped:  # resumed from the checkpoint of the epoch that stopped the fit
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medstudy_fit"] = {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            # a tensor: Lightning loads checkpoints with torch.load(weights_only=True)
+            "best_val_scores": None
+            if self.best_val_scores is None
+            else torch.from_numpy(self.best_val_scores),
+            "bad_epochs": self.bad_epochs,
+            "stopped": self._stopped,
+            "history": self.history,
+            "batch_generator": self.batch_generator.get_state() if self.batch_generator else None,
+            "aug_generator": self._aug_gen.get_state() if self._aug_gen is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["medstudy_fit"]
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.best_state = state["best_state"]
+        scores = state["best_val_scores"]
+        self.best_val_scores = None if scores is None else scores.numpy()
+        self.bad_epochs, self._stopped = state["bad_epochs"], state["stopped"]
+        self.history = list(state["history"])
+        if self.batch_generator is not None and state["batch_generator"] is not None:
+            self.batch_generator.set_state(state["batch_generator"])
+        if state["aug_generator"] is not None:
+            self._aug_gen = make_generator(self.device, self.aug_seed)
+            self._aug_gen.set_state(state["aug_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     # -- optimiser --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, object]:
@@ -368,11 +349,15 @@ def fit_supervised(
     device: torch.device | str = "cpu",
     transform: InputTransform = _identity,
     eval_batch_size: int = 512,
+    run_dir: Path | None = None,
 ) -> FitResult:
     """Train ``model`` (``model(*inputs) -> logits``) with early stopping on val.
 
     ``seed`` fixes the batch order and the augmentation draws (the model's initialisation is
-    the caller's, see :func:`medstudy.runtime.seeded`). Returns the best-val weights (module docstring).
+    the caller's, see :func:`medstudy.runtime.seeded`). Returns the best-val weights (module
+    docstring). With ``run_dir``, every epoch end writes ``run_dir/history.csv`` and the resume
+    checkpoint ``run_dir/``:data:`RESUME_FILE`, and a fit that finds that checkpoint resumes
+    from it (the caller removes it once the fit's results are saved).
     """
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -389,7 +374,10 @@ def fit_supervised(
     module = SupervisedModule(
         model, info, settings, transform, len(train), aug_seed=seed + 1, loss_weights=weights
     )
+    module.batch_generator = train.generator
     model.train()  # Lightning keeps sub-module modes; a frozen encoder arrives in eval mode
+    resume = run_dir / RESUME_FILE if run_dir is not None else None
+    callbacks = [_FitEpochEnd(run_dir)] if run_dir is not None else []
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -401,6 +389,8 @@ def fit_supervised(
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             # Not Lightning's deterministic flag: it flips a process-wide torch switch. The CPU
             # kernels used here are deterministic for a fixed thread count (tests pin it).
             deterministic=False,
@@ -410,7 +400,8 @@ def fit_supervised(
         fork = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed + 2)
-            trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+            ckpt = resume if resume is not None and resume.exists() else None
+            trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt)
     if module.best_state is None:
         raise RuntimeError("training finished without a single validation epoch")
     model.load_state_dict(module.best_state)
@@ -428,6 +419,24 @@ def fit_supervised(
         settings=settings,
         val_scores=module.best_val_scores,
     )
+
+
+#: The resume checkpoint of a fit with a ``run_dir`` (:func:`fit_supervised`).
+RESUME_FILE = "resume.ckpt"
+
+
+class _FitEpochEnd(pl.Callback):
+    """history.csv, then the resume checkpoint, at the end of every epoch (after its val check
+    and the best-epoch bookkeeping): a kill loses at most the epoch in progress."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, SupervisedModule)
+        history = pd.DataFrame(pl_module.history)
+        atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+        trainer.save_checkpoint(self.run_dir / RESUME_FILE)
 
 
 @torch.no_grad()
@@ -460,8 +469,10 @@ def finetune(
     settings: TrainSettings,
     seed: int,
     device: torch.device | str = "cpu",
+    run_dir: Path | None = None,
 ) -> FitResult:
-    """Fine-tune ``backbone`` + a new linear head on ``train``; early stopping on ``val``.
+    """Fine-tune ``backbone`` + a new linear head on ``train``; early stopping on ``val``;
+    ``run_dir``: per-epoch history and resume checkpoint (:func:`fit_supervised`).
 
     The head's initialisation, the batch order and the augmentation all derive from ``seed``.
     ``backbone`` is modified in place (pass a fresh copy per run). Returns a :class:`FitResult`
@@ -481,6 +492,7 @@ def finetune(
         seed,
         device,
         transform=image_transform(settings.augment, info.name, info.n_channels),
+        run_dir=run_dir,
     )
 
 

@@ -58,7 +58,9 @@ from medstudy.augment import recipe_for_dataset
 from medstudy.config import PretrainConfig
 from medstudy.data import Split, TensorSplit, load_split, sample_fraction
 from medstudy.data.loaders import file_md5
+from medstudy.evaluate.batches import AtomicCheckpointIO
 from medstudy.evaluate.knn import knn_accuracy
+from medstudy.locks import pending
 from medstudy.models import (
     RESNET20_FILE,
     Backbone,
@@ -70,7 +72,6 @@ from medstudy.models import (
 from medstudy.pretrain.module import (
     HISTORY_COLUMNS,
     PretrainModule,
-    _AtomicCheckpointIO,
     _EpochEnd,
     _EpochPermutation,
     _Indices,
@@ -215,7 +216,7 @@ def _fit_stage(
             enable_progress_bar=progress,
             enable_model_summary=False,
             callbacks=[_EpochEnd(ckpt, run_dir / HISTORY_FILE), *callbacks],
-            plugins=[_AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO()],
             limit_val_batches=0,
             num_sanity_val_steps=0,
             default_root_dir=ckpt_dir,
@@ -289,50 +290,53 @@ def pretrain(
     device = resolve_device(cfg.device)
     data = load_pretrain_data(cfg, plan)
     rid = run_id(cfg.identity(), data.inputs)
-    if is_done(STAGE, rid):
-        return _load_cached(rid)
-    provenance = {
-        "train": data.train.provenance.as_dict(),
-        "val": data.val.provenance.as_dict(),
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "train_ids_md5": hashlib.md5("\n".join(data.train.ids).encode()).hexdigest(),
-        "stages": [f"{s.method}:{s.epochs}" for s in plan.stages],
-    }
-    # Belt and braces: nothing in the loop draws from the global RNGs (see the module doc).
-    L.seed_everything(cfg.seed, workers=False, verbose=False)
-    with Run(
-        STAGE,
-        cfg.identity(),
-        inputs=data.inputs,
-        data=provenance,
-        seed=cfg.seed,
-        device=str(device),
-    ) as run:
-        history = _run_plan(cfg, plan, data, run.dir, device, progress, callbacks)
-        _write_history(run.dir / HISTORY_FILE, history)
-        final = history[-1]
-        base = {
-            "stage": STAGE,
-            "dataset": cfg.dataset,
-            "arm": cfg.arm,
-            "fraction": None,
-            "seed": cfg.seed,
+    with pending(STAGE, rid) as todo:  # waits while another process computes this run
+        if not todo:
+            return _load_cached(rid)
+        provenance = {
+            "train": data.train.provenance.as_dict(),
+            "val": data.val.provenance.as_dict(),
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "train_ids_md5": hashlib.md5("\n".join(data.train.ids).encode()).hexdigest(),
+            "stages": [f"{s.method}:{s.epochs}" for s in plan.stages],
         }
-        metrics = {"knn_acc": float(final["knn_acc"])}
-        run.log_metrics(metric_rows({**base, "protocol": "knn_monitor", "split": "val"}, metrics))
-        if not math.isnan(final["loss"]):
-            metrics["loss"] = float(final["loss"])
+        # Belt and braces: nothing in the loop draws from the global RNGs (see the module doc).
+        L.seed_everything(cfg.seed, workers=False, verbose=False)
+        with Run(
+            STAGE,
+            cfg.identity(),
+            inputs=data.inputs,
+            data=provenance,
+            seed=cfg.seed,
+            device=str(device),
+        ) as run:
+            history = _run_plan(cfg, plan, data, run.dir, device, progress, callbacks)
+            _write_history(run.dir / HISTORY_FILE, history)
+            final = history[-1]
+            base = {
+                "stage": STAGE,
+                "dataset": cfg.dataset,
+                "arm": cfg.arm,
+                "fraction": None,
+                "seed": cfg.seed,
+            }
+            metrics = {"knn_acc": float(final["knn_acc"])}
             run.log_metrics(
-                metric_rows(
-                    {**base, "protocol": "pretrain", "split": "train"}, {"loss": final["loss"]}
-                )
+                metric_rows({**base, "protocol": "knn_monitor", "split": "val"}, metrics)
             )
-    # The encoder and metrics are final: the resume points are no longer needed.
-    shutil.rmtree(run.dir / "lightning", ignore_errors=True)
-    return PretrainResult(
-        rid, run.dir, run.dir / ENCODER_FILE, pd.DataFrame(history), metrics, cached=False
-    )
+            if not math.isnan(final["loss"]):
+                metrics["loss"] = float(final["loss"])
+                run.log_metrics(
+                    metric_rows(
+                        {**base, "protocol": "pretrain", "split": "train"}, {"loss": final["loss"]}
+                    )
+                )
+        # The encoder and metrics are final: the resume points are no longer needed.
+        shutil.rmtree(run.dir / "lightning", ignore_errors=True)
+        return PretrainResult(
+            rid, run.dir, run.dir / ENCODER_FILE, pd.DataFrame(history), metrics, cached=False
+        )
 
 
 def _run_plan(

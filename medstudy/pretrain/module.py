@@ -21,7 +21,6 @@ import torch
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from medstudy.arms import arm_plan
 from medstudy.augment import AugmentRecipe, make_views
@@ -75,16 +74,6 @@ class _EpochPermutation(torch.utils.data.Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.stage, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written via temp file + rename: a kill mid-write leaves the previous
-    checkpoint intact instead of a truncated one."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float], torch.optim.Optimizer]] = {

@@ -46,6 +46,8 @@ import torch
 from medstudy import paths
 from medstudy.config import PretrainConfig, TransferConfig
 from medstudy.data.info import INFO
+from medstudy.evaluate.finetune import RESUME_FILE
+from medstudy.locks import pending
 from medstudy.metrics import compute_metrics
 from medstudy.models import Classifier, WeightsError, create_backbone, load_checkpoint
 from medstudy.pretrain import load_encoder
@@ -53,6 +55,7 @@ from medstudy.results import (
     Run,
     copy_run,
     find_runs,
+    is_current,
     is_done,
     metric_rows,
     predictions_frame,
@@ -117,7 +120,7 @@ def reuse_unit(rid: str, stage: str) -> bool:
     (:func:`medstudy.results.copy_run`): notebook 03's 100 %-label units are notebook 02's (same
     run_id: the stage is not hashed). Returns False if no other stage holds the unit."""
     for other in TRANSFER_STAGES:
-        if other != stage and is_done(other, rid):
+        if other != stage and is_current(other, rid):
             copy_run(rid, other, stage)
             return True
     return False
@@ -156,36 +159,41 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
             val_hash = ids_hash(val_ids)
         config = unit_config(cfg, unit, bank, ids_hash(pool.ids[sub["train"]]), val_hash)
         rid = run_id(config, data.inputs)
-        if not is_done(stage, rid) and not reuse_unit(rid, stage):
-            t0 = time.perf_counter()
-            with Run(stage, config, data.inputs, data.provenance, unit.seed, str(device)) as run:
-                ctx = UnitContext(unit, run, bank, data, sub, device)
-                scores, details = evaluate_unit(ctx)
-                rows, preds = [], []
-                for s in EVAL_SPLITS:
-                    split = ctx.split(s)
-                    base = {
-                        "stage": stage,
-                        "dataset": cfg.dataset,
-                        **unit.base,
-                        "seed": unit.seed,
-                        "split": s,
-                    }
-                    values = compute_metrics(
-                        info.task, split.labels, scores[s], info.n_classes, info.name
+        with pending(stage, rid) as todo:  # waits while another process computes the unit
+            if todo and not reuse_unit(rid, stage):
+                t0 = time.perf_counter()
+                with Run(
+                    stage, config, data.inputs, data.provenance, unit.seed, str(device)
+                ) as run:
+                    ctx = UnitContext(unit, run, bank, data, sub, device)
+                    scores, details = evaluate_unit(ctx)
+                    rows, preds = [], []
+                    for s in EVAL_SPLITS:
+                        split = ctx.split(s)
+                        base = {
+                            "stage": stage,
+                            "dataset": cfg.dataset,
+                            **unit.base,
+                            "seed": unit.seed,
+                            "split": s,
+                        }
+                        values = compute_metrics(
+                            info.task, split.labels, scores[s], info.n_classes, info.name
+                        )
+                        rows.extend(metric_rows(base, values))
+                        preds.append(predictions_frame(base, split.ids, split.labels, scores[s]))
+                    run.log_metrics(rows)
+                    run.save_predictions(pd.concat(preds, ignore_index=True))
+                    details.update(
+                        pretrain={a: bank.encoder(a, unit.seed).pretrain for a in unit.arms},
+                        n_train=int(len(sub["train"])),
+                        n_train_pool=len(pool),
+                        n_val=len(ctx.split("val")),
+                        seconds=round(time.perf_counter() - t0, 3),
                     )
-                    rows.extend(metric_rows(base, values))
-                    preds.append(predictions_frame(base, split.ids, split.labels, scores[s]))
-                run.log_metrics(rows)
-                run.save_predictions(pd.concat(preds, ignore_index=True))
-                details.update(
-                    pretrain={a: bank.encoder(a, unit.seed).pretrain for a in unit.arms},
-                    n_train=int(len(sub["train"])),
-                    n_train_pool=len(pool),
-                    n_val=len(ctx.split("val")),
-                    seconds=round(time.perf_counter() - t0, 3),
-                )
-                run.save_details(details)
+                    run.save_details(details)
+                # finished (DONE): a fine-tuning unit's resume point is no longer needed
+                run.path(RESUME_FILE).unlink(missing_ok=True)
         frames.append(read_metrics(stage, rid))
     return pd.concat(frames, ignore_index=True)
 

@@ -225,7 +225,12 @@ def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
     tensors = {s: TensorSplit.from_split(ctx.split(s), device) for s in EVAL_SPLITS}
     train = TensorSplit.from_split(ctx.split("train"), device)
     settings = TrainSettings(**unit.params)
-    fit = finetune(backbone, train, tensors["val"], info, settings, unit.seed, device)
+    # the run folder keeps a per-epoch history.csv and resume checkpoint: a killed unit
+    # resumes after its last finished epoch (run_transfer removes the checkpoint once the unit
+    # is finished, so a kill while its results are written does not retrain it either)
+    fit = finetune(
+        backbone, train, tensors["val"], info, settings, unit.seed, device, run_dir=ctx.run.dir
+    )
     atomic_write(ctx.run.path("history.csv"), lambda tmp: fit.history.to_csv(tmp, index=False))
     save_checkpoint(
         fit.model.backbone,
