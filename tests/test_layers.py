@@ -25,6 +25,8 @@ LAYERS: dict[str, int] = {
     "medstudy.metrics": 1,
     "medstudy.stats": 1,
     "medstudy.results": 1,
+    "medstudy.codeversion": 1,
+    "medstudy.locks": 1,
     "medstudy.data.info": 1,
     # 2 parts: data, models, augmentation, SSL methods, evaluation protocols, distortions,
     #   attributions and representation statistics
