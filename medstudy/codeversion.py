@@ -65,7 +65,8 @@ def _imported(path: Path, root: Path) -> set[str]:
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                parts = package.split(".")
+                anchor = parts[: len(parts) - node.level + 1]
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
             else:
                 base = node.module or ""
@@ -78,6 +79,8 @@ def _imported(path: Path, root: Path) -> set[str]:
 def module_closure(entry: str, root: Path = ROOT) -> list[Path]:
     """Sorted source files of ``entry`` and every ``medstudy`` module it imports, transitively,
     with the ``__init__.py`` of each package on the way."""
+    if module_file(entry, root) is None:
+        raise ValueError(f"no source for module {entry!r} under {root}")
     seen: set[Path] = set()
     todo = [entry]
     while todo:
@@ -90,8 +93,6 @@ def module_closure(entry: str, root: Path = ROOT) -> list[Path]:
                 continue
             seen.add(path)
             todo.extend(_imported(path, root))
-    if module_file(entry, root) is None:
-        raise ValueError(f"no source for module {entry!r} under {root}")
     return sorted(seen)
 
 

@@ -72,13 +72,8 @@ def _poisson(rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         stream = torch.Generator().manual_seed(seeds[i])
         out[part] = torch.poisson(flat[part], generator=stream)
 
-    workers = min(torch.get_num_threads(), n_chunks)
-    if workers == 1:
-        for i in range(n_chunks):
-            draw(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(draw, range(n_chunks)))
+    with ThreadPoolExecutor(min(torch.get_num_threads(), n_chunks)) as pool:
+        list(pool.map(draw, range(n_chunks)))
     return out.view(rate.shape)
 
 

@@ -149,6 +149,7 @@ class SupervisedModule(pl.LightningModule):
         steps_per_epoch: int,
         aug_seed: int,
         loss_weights: torch.Tensor | None = None,
+        batch_generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.model, self.info, self.settings = model, info, settings
@@ -172,7 +173,7 @@ class SupervisedModule(pl.LightningModule):
         self._epoch_t0 = 0.0
         self._aug_gen: torch.Generator | None = None
         #: the train batches' generator (its state goes into the resume checkpoint)
-        self.batch_generator: torch.Generator | None = None
+        self.batch_generator = batch_generator
         self._stopped = False  # restored from a checkpoint of a fit that had stopped early
 
     # -- freezing ---------------------------------------------------------------------------
@@ -372,9 +373,15 @@ def fit_supervised(
     val = TensorBatches(val_inputs, val_labels, eval_batch_size)
     weights = class_weights(info, train_labels).to(device) if settings.class_weighted_loss else None
     module = SupervisedModule(
-        model, info, settings, transform, len(train), aug_seed=seed + 1, loss_weights=weights
+        model,
+        info,
+        settings,
+        transform,
+        len(train),
+        aug_seed=seed + 1,
+        loss_weights=weights,
+        batch_generator=train.generator,
     )
-    module.batch_generator = train.generator
     model.train()  # Lightning keeps sub-module modes; a frozen encoder arrives in eval mode
     resume = run_dir / RESUME_FILE if run_dir is not None else None
     callbacks = [_FitEpochEnd(run_dir)] if run_dir is not None else []

@@ -231,7 +231,7 @@ def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
     fit = finetune(
         backbone, train, tensors["val"], info, settings, unit.seed, device, run_dir=ctx.run.dir
     )
-    atomic_write(ctx.run.path("history.csv"), lambda tmp: fit.history.to_csv(tmp, index=False))
+    # (history.csv: written by the fit at every epoch end, the last write is the whole history)
     save_checkpoint(
         fit.model.backbone,
         ctx.run.path("finetuned.pt"),
