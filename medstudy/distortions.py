@@ -106,7 +106,7 @@ from medstudy.distortion_ops import (
     _level,
     _luma,
     _motion_kernels,
-    _poisson,
+    _photon_counts,
     _rand,
     _randn,
     _separable_blur,
@@ -174,8 +174,7 @@ def impulse_noise(x: torch.Tensor, severity: int, generator: torch.Generator) ->
 # Shot (Poisson) noise: Poisson(λ·x)/λ, λ = expected photon count of a white pixel.
 def shot_noise(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     photons = _level((60, 25, 18, 10, 5), severity)  # MedMNIST-C chestmnist, as is
-    rate = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * photons
-    counts = _poisson(rate, generator)  # exact, chunked over the CPU cores
+    counts = _photon_counts(x, photons, generator)  # exact (8-bit: table inversion), threaded
     return (counts / photons).clamp_(0, 1).to(x.dtype)
 
 

@@ -345,6 +345,81 @@ def test_chunked_poisson_is_exact_poisson_and_ignores_the_thread_count(
     assert not torch.equal(one[:7_001], one[7_001:14_002])
 
 
+@pytest.mark.parametrize("photons", [60, 25, 18, 10, 5])
+def test_8bit_poisson_tables_hold_the_poisson_pmf_of_every_level(photons: int) -> None:
+    from scipy import stats
+
+    from medstudy import distortion_ops as ops
+
+    guide, cdf_flat, row = ops._poisson_8bit_tables(float(photons))
+    cdf = cdf_flat
+    scale = 1 << ops.UNIFORM_BITS
+    levels = torch.arange(256, dtype=torch.int64)[:, None]
+    cdf = cdf.view(256, row) - (levels << ops.UNIFORM_BITS)
+    pmf = torch.diff(cdf, prepend=torch.zeros(256, 1, dtype=torch.int64)).double() / scale
+    lam = np.arange(256)[:, None] * photons / 255
+    ref = stats.poisson.pmf(np.arange(row)[None, :], lam)
+    ref[:, -1] += stats.poisson.sf(row - 1, lam[:, 0])  # the tail joins the last outcome
+    assert np.abs(pmf.numpy() - ref).max() <= 1.0 / scale  # rounded CDF: within 2^-31
+    assert int(cdf[:, -1].min()) == scale and bool((torch.diff(cdf, dim=1) >= 0).all())
+    # every guide cell that answers gives the inversion's answer for every u in it
+    u = torch.randint(0, scale, (200_000,), generator=_gen(5))
+    lv = torch.randint(0, 256, (200_000,), generator=_gen(6))
+    g = guide.view(256, -1)[lv, u >> (ops.UNIFORM_BITS - ops.GUIDE_BITS)].long()
+    answered = g >= 0
+    assert float(answered.float().mean()) > 0.95  # the guide answers most draws
+    want = (cdf[lv] <= u[:, None]).sum(1)  # inversion: the smallest k with u < cdf[L, k]
+    assert torch.equal(g[answered], want[answered])
+    # and the sampler (guide plus searchsorted) gives that answer for every u
+    assert torch.equal(ops._invert_8bit(lv, u, guide, cdf_flat, row).long(), want)
+
+
+@pytest.mark.parametrize(("level", "photons"), [(7, 60), (128, 60), (255, 5), (40, 10), (1, 18)])
+def test_8bit_poisson_draws_are_poisson_and_ignore_the_thread_count(
+    level: int, photons: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scipy import stats
+
+    from medstudy import distortion_ops as ops
+
+    monkeypatch.setattr(ops, "POISSON_CHUNK", 7_001)
+    lv = torch.full((200_000,), level, dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops._poisson_8bit(lv, photons, _gen(3))
+        torch.set_num_threads(2)
+        two = ops._poisson_8bit(lv, photons, _gen(3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert not torch.equal(one, ops._poisson_8bit(lv, photons, _gen(4)))
+    assert not torch.equal(one[:7_001], one[7_001:14_002])  # a new stream in every chunk
+    lam = level * photons / 255
+    counts = np.bincount(one.numpy().astype(np.int64))
+    k_max = int(stats.poisson.ppf(1 - 1e-4, lam))
+    observed = np.append(counts[:k_max], counts[k_max:].sum())
+    probs = np.append(stats.poisson.pmf(np.arange(k_max), lam), stats.poisson.sf(k_max - 1, lam))
+    expected = probs * len(lv)
+    keep = expected >= 20
+    obs, exp = observed[keep], expected[keep]
+    if not keep.all():
+        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_shot_noise_inverts_tables_for_8bit_images_and_draws_torch_poisson_otherwise() -> None:
+    from medstudy import distortion_ops as ops
+
+    xf = reference_image(3, n=4)  # smooth float values: not 8-bit
+    x8 = (xf * 255).round() / 255  # as a MedMNIST image read as float
+    counts = ops._poisson_8bit((x8 * 255).round().to(torch.uint8), 25, _gen(2))
+    assert torch.equal(dist.shot_noise(x8, 2, _gen(2)), (counts / 25).clamp(0, 1))
+    counts = ops._poisson(xf * 25, _gen(2))
+    assert torch.equal(dist.shot_noise(xf, 2, _gen(2)), (counts / 25).clamp(0, 1))
+    assert not torch.equal(dist.shot_noise(xf, 2, _gen(2)), dist.shot_noise(x8, 2, _gen(2)))
+
+
 def test_stain_shift_matches_skimage_hed_round_trip() -> None:
     assert np.allclose(np.array(dist._RGB_FROM_HED), rgb_from_hed)
     x = reference_image(3, n=4).double()
