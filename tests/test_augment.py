@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms.functional import rgb_to_grayscale
 
 from medstudy.augment import (
+    BLUR_SIGMA,
     IDENTITY,
     RECIPES,
     ROTATION_INVARIANT_DATASETS,
@@ -116,10 +117,32 @@ def test_modality_adjustments() -> None:
         simclr.for_modality(2)
 
 
-def test_multicrop_recipes_have_small_local_crops() -> None:
+def test_multicrop_recipes_have_two_global_crops_at_28_px() -> None:
+    # lightly's CIFAR-10 benchmark: DINO without local views, SwAV 2 crops at min scale 0.14
     for name in ("dino", "swav"):
-        sizes = [v.output_size for v in RECIPES[name].views]
-        assert sizes[:2] == [None, None] and all(s is not None and 12 <= s <= 16 for s in sizes[2:])
+        views = RECIPES[name].views
+        assert [v.output_size for v in views] == [None, None]
+        assert all(v.crop_scale == (0.14, 1.0) for v in views)
+
+
+@pytest.mark.parametrize("side", [28, 224])
+def test_blur_has_the_papers_strength_relative_to_the_image_side(side: int) -> None:
+    # The papers draw sigma in [0.1, 2.0] px on 224 px crops. Measured on an impulse: the
+    # blurred image's spatial variance along x is the kernel's, <= sigma_max^2 (the sampled and
+    # truncated Gaussian has slightly less than sigma^2).
+    assert BLUR_SIGMA == (0.1 / 224, 2.0 / 224)
+    x = torch.zeros(1, 1, side, side)
+    x[0, 0, side // 2, side // 2] = 1.0
+    strongest = replace(IDENTITY, blur_prob=1.0, blur_sigma=(BLUR_SIGMA[1], BLUR_SIGMA[1]))
+    out = augment_batch(x, strongest, _gen())[0, 0]
+    t = torch.arange(side, dtype=torch.float32) - side // 2
+    var_x = float((out.sum(0) * t**2).sum() / out.sum())
+    sigma_px = BLUR_SIGMA[1] * side
+    assert var_x <= sigma_px**2 + 1e-6
+    if side == 224:  # 2 px: a real blur
+        assert var_x >= (0.9 * sigma_px) ** 2
+    else:  # at most 0.25 px at 28 px: the impulse keeps > 90 % of its mass
+        assert float(out[side // 2, side // 2]) > 0.9
 
 
 def test_grey_luma_matches_torchvision() -> None:
@@ -137,10 +160,10 @@ def test_hue_rotation_keeps_grey_pixels_and_zero_is_identity() -> None:
 
 def test_blur_keeps_a_constant_image_constant() -> None:
     x = torch.full((4, 3, 28, 28), 0.3)
-    out = augment_batch(x, replace(IDENTITY, blur_prob=1.0, blur_sigma=(0.5, 1.5)), _gen())
+    out = augment_batch(x, replace(IDENTITY, blur_prob=1.0, blur_sigma=(0.02, 0.05)), _gen())
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
     img = _batch(n=4).float() / 255
-    blurred = augment_batch(img, replace(IDENTITY, blur_prob=1.0), _gen())
+    blurred = augment_batch(img, replace(IDENTITY, blur_prob=1.0, blur_sigma=(0.04, 0.04)), _gen())
     assert blurred.std() < img.std()  # blur removes high frequencies
 
 

@@ -18,6 +18,7 @@ from medstudy import pretrain as pretrain_stage
 from medstudy import runtime
 from medstudy.augment import make_views
 from medstudy.config import ConfigError, PretrainConfig
+from medstudy.data.tensors import to_model_input
 from medstudy.models import WeightsError, create_backbone, load_checkpoint
 from medstudy.ssl import METHODS, get_method
 from medstudy.ssl.base import StepContext
@@ -190,6 +191,79 @@ def test_spark_loss_ignores_visible_patches(spark: SparK) -> None:
     assert spark.reconstruction_loss(perfect, target, active) < 1e-10
 
 
+def test_spark_target_of_a_grey_image_is_its_one_channel(spark: SparK) -> None:
+    # A grey image as the model sees it: 3 affine copies of one channel (to_model_input).
+    grey = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = to_model_input(grey)
+    losses = {}
+    for channels in (1, 3):
+        spark.zero_grad()
+        ctx = replace(_ctx(seed=2), image_channels=channels)
+        losses[channels] = spark.training_step([x], ctx)
+        losses[channels].backward()
+        # the head's output channels 1 and 2 get a gradient only for an RGB target
+        grad = spark.head.weight.grad.flatten(1).abs().sum(1)
+        assert grad[0] > 0 and (bool((grad[1:] > 0).all()) == (channels == 3))
+    # the grey loss is the one-channel reconstruction loss, by hand
+    active = spark.random_mask(4, 7, torch.Generator().manual_seed(2), torch.device("cpu"))
+    with torch.no_grad():
+        pred = spark.decode(spark.encode(x, active), active)
+        by_hand = spark.reconstruction_loss(pred[:, :1], grey, active)  # affine-free target
+    torch.testing.assert_close(losses[1].detach(), by_hand, atol=1e-5, rtol=1e-4)
+
+
+def test_ema_momentum_leaves_under_1_percent_of_the_init_at_any_budget() -> None:
+    from lightly.utils.scheduler import cosine_schedule
+
+    from medstudy.ssl.base import EMA_INIT_RESIDUE, ema_momentum_start
+
+    assert ema_momentum_start(10**6, 0.996) == 0.996  # long runs: the paper's value
+    assert ema_momentum_start(2_500, 0.996) == pytest.approx(0.996)
+    assert ema_momentum_start(160, 0.996) == pytest.approx(0.9375)
+    for steps in (12, 28, 160, 300, 2_500):
+        start = ema_momentum_start(steps, 0.996)
+        # the share of the init left in the EMA encoder after `steps` updates (lightly's schedule)
+        residue = np.prod([cosine_schedule(t, steps, start, 1.0) for t in range(steps)])
+        assert residue <= 1.1 * EMA_INIT_RESIDUE, (steps, start, residue)
+    # the old fixed start 0.99 left 45 % after 160 steps (issue #15)
+    assert np.prod([cosine_schedule(t, 160, 0.99, 1.0) for t in range(160)]) > 0.4
+    with pytest.raises(ValueError, match="max_steps"):
+        ema_momentum_start(0, 0.996)
+
+
+@pytest.mark.parametrize("max_steps", [12, 200])
+def test_dino_last_layer_is_frozen_for_the_first_steps_only(max_steps: int) -> None:
+    from medstudy.ssl.dino import frozen_steps
+
+    method = get_method("dino").build(create_backbone("resnet20_cifar", seed=0))
+    views = make_views(_images(8, 28), METHODS["dino"].recipe, torch.Generator().manual_seed(0))
+    n_frozen = frozen_steps(max_steps)
+    assert n_frozen == max(1, round(0.01 * max_steps))  # 1 % of the steps, at least one
+    last = method.projection_head.last_layer
+    for step in (0, n_frozen - 1, n_frozen, max_steps - 1):
+        # epoch 0 throughout: a 1-epoch run (or a dino:1 curriculum stage) must still train it
+        ctx = StepContext(step, max_steps, 0, 1, torch.Generator().manual_seed(step))
+        method.zero_grad()
+        method.training_step(views, ctx).backward()
+        method.on_after_backward(ctx)
+        grads = [p.grad for p in last.parameters() if p.requires_grad]
+        if step < n_frozen:
+            assert all(g is None for g in grads), step
+        else:
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), step
+
+
+@pytest.mark.parametrize("name", ["byol", "barlowtwins"])
+def test_two_view_methods_normalise_each_view_on_its_own(name: str) -> None:
+    method = get_method(name).build(create_backbone("resnet20_cifar", seed=0))
+    sizes: list[int] = []
+    bn = next(m for m in method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_hook(lambda _m, inp, _out: sizes.append(int(inp[0].shape[0])))
+    views = make_views(_images(6, 28), METHODS[name].recipe, torch.Generator().manual_seed(0))
+    method.training_step(views, _ctx())
+    assert sizes == [6, 6]  # one batch-norm pass of N images per view, not one of 2N
+
+
 # ---------------------------------------------------------------------------- the loop ------
 class _Kill(L.Callback):
     """Raise after the n-th epoch end of the run (after the loop's own checkpoint)."""
@@ -243,6 +317,27 @@ def test_same_seed_gives_the_same_loss_sequence(
     assert _same_weights(both[1].checkpoint, c.checkpoint)
     with pytest.raises(ValueError, match=r"cfg\.runs\(\)"):
         pretrain_stage.pretrain(job, progress=False)
+
+
+@pytest.mark.parametrize(("dataset", "channels"), [("pneumoniamnist", 1), ("synth_lesions", 3)])
+def test_the_loop_tells_methods_the_images_channels(
+    dataset: str,
+    channels: int,
+    results_tmp: Path,
+    real_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+    step = SparK.training_step
+
+    def spy(self: SparK, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        seen.append(ctx.image_channels)
+        return step(self, views, ctx)
+
+    monkeypatch.setattr(SparK, "training_step", spy)
+    cfg = PretrainConfig(arm="ssl:spark", **{**TINY, "dataset": dataset, "epochs": 1})
+    pretrain_stage.pretrain(cfg, progress=False)
+    assert seen and set(seen) == {channels}
 
 
 @pytest.mark.slow

@@ -182,6 +182,7 @@ class PretrainModule(L.LightningModule):
             epoch=self.current_epoch,
             max_epochs=int(self.trainer.max_epochs or 1),
             generator=self._generator,
+            image_channels=int(images.shape[1]),
         )
         loss = self.method.training_step(views, self._ctx)
         if not torch.isfinite(loss):

@@ -12,6 +12,7 @@ from the global RNG, so runs are reproducible and resumable.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ class StepContext:
     epoch: int
     max_epochs: int
     generator: torch.Generator
+    # channels of the images before ``to_model_input`` (1 = grey copied into 3 channels)
+    image_channels: int = 3
 
 
 class SSLMethod(nn.Module):
@@ -81,6 +84,25 @@ class SSLMethod(nn.Module):
             module._buffers[buf_name] = value.to(module._buffers[buf_name].device)
 
 
+#: Fraction of the random initialisation an EMA encoder may still hold at the end of a run.
+EMA_INIT_RESIDUE = math.exp(-5)  # 0.7 %
+
+
+def ema_momentum_start(max_steps: int, long_run: float) -> float:
+    """The EMA momentum to start a cosine schedule to 1 from, for a run of ``max_steps`` steps.
+
+    ``long_run`` is the paper's value (BYOL and DINO: 0.996 for ImageNet runs of 10^5+ steps).
+    Over T steps a cosine schedule from m₀ to 1 keeps ∏ m_t ≈ exp(−(1 − m₀)·T/2) of the random
+    init in the EMA encoder: 45 % after 160 steps at m₀ = 0.99. The start is therefore
+    ``min(long_run, 1 − 2·5/T)``, so that at most :data:`EMA_INIT_RESIDUE` (e^-5) of the init
+    is left at the end: the paper's value for any run longer than 2 500 steps, 0.9375 at 160
+    steps, 0.967 at 300, 0.64 at 28 (the teacher then follows the student closely).
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    return min(long_run, 1.0 - 2.0 * -math.log(EMA_INIT_RESIDUE) / max_steps)
+
+
 def momentum_copy(module: nn.Module, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
     """A frozen twin with the same weights, for a momentum (EMA) encoder (MoCo, BYOL, DINO).
 
@@ -102,14 +124,13 @@ def momentum_copy(module: nn.Module, factory: Callable[[], nn.Module] | None = N
 class MethodSpec:
     """A registry row: how to build the method and which views and optimiser it wants.
 
-    ``default_lr`` is the learning rate at batch size 256 with ``optimizer``, used for curriculum
-    stages (which have no per-stage lr) and shown in notebook 01.
+    The learning rate is the run's (``PretrainConfig.lr``, every method and curriculum stage
+    alike); a per-method LR with a batch-size scaling rule is not built yet (issue #15).
     """
 
     name: str
     build: Callable[[Backbone], SSLMethod]
     recipe: AugmentRecipe
-    default_lr: float
     optimizer: str
     reference: str
     family: str  # "contrastive" | "distillation" | "redundancy" | "clustering" | "masked"

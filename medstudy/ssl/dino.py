@@ -1,16 +1,21 @@
 """DINO: self-distillation with no labels, multi-crop (Caron et al. 2021, ICCV,
 arXiv:2104.14294).
 
-The student (backbone + lightly's ``DINOProjectionHead``) sees all crops (2 global 28 px + 4
-local 12 px); the teacher, its momentum average, sees the 2 global crops; lightly's ``DINOLoss``
-(centering + sharpening; teacher temperature 0.04, student 0.1). ResNet settings from the
-authors' README: batch-norm in the head, the last layer frozen during the first epoch. The
-teacher's momentum follows ``cosine_schedule`` from 0.99 to 1 (0.996 for ImageNet-length runs).
-As in the paper, the kept encoder is the teacher.
+The student (backbone + lightly's ``DINOProjectionHead``) sees every crop of the recipe (2
+global crops at 28 px; no local crops, as in lightly's CIFAR-10 benchmark); the teacher, its
+momentum average, sees the 2 global crops; lightly's ``DINOLoss`` (centering + sharpening;
+teacher temperature 0.04, student 0.1). ResNet settings from the authors' README: batch-norm in
+the head, the last layer frozen during the first epoch of 100, i.e. the first 1 % of the steps
+(:data:`FREEZE_FRACTION`, counted in steps so that a 1-epoch run or a ``dino:1`` curriculum
+stage still trains it). The teacher's momentum follows ``cosine_schedule`` to 1 from
+:func:`~medstudy.ssl.base.ema_momentum_start` (the paper's 0.996 for runs over 2 500 steps,
+lower for shorter ones, so that the teacher keeps < 1 % of the random init). As in the paper,
+the kept encoder is the teacher.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -21,16 +26,29 @@ from lightly.utils.scheduler import cosine_schedule
 
 from medstudy.augment import DINO as DINO_RECIPE
 from medstudy.models import Backbone
-from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext, momentum_copy
+from medstudy.ssl.base import (
+    MethodSpec,
+    SSLMethod,
+    StepContext,
+    ema_momentum_start,
+    momentum_copy,
+)
 
 N_GLOBAL = 2
 OUTPUT_DIM = 1024
+FREEZE_FRACTION = 0.01  # the last layer is frozen for the first 1 % of the steps (1 epoch of 100)
+MOMENTUM_LONG_RUN = 0.996  # the paper's teacher momentum start (ImageNet)
+
+
+def frozen_steps(max_steps: int) -> int:
+    """Steps (from 0) during which the head's last layer gets no gradient: the first 1 %."""
+    return math.ceil(FREEZE_FRACTION * max_steps)
 
 
 class DINO(SSLMethod):
-    def __init__(self, backbone: Backbone, momentum_start: float = 0.99) -> None:
+    def __init__(self, backbone: Backbone, momentum_long_run: float = MOMENTUM_LONG_RUN) -> None:
         super().__init__(backbone)
-        self.momentum_start = momentum_start
+        self.momentum_long_run = momentum_long_run
 
         def make_head() -> DINOProjectionHead:
             # lightly's head uses the old ``nn.utils.weight_norm`` (FutureWarning in torch 2.x);
@@ -38,7 +56,12 @@ class DINO(SSLMethod):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 return DINOProjectionHead(
-                    backbone.feature_dim, 512, 128, OUTPUT_DIM, batch_norm=True, freeze_last_layer=1
+                    backbone.feature_dim,
+                    512,
+                    128,
+                    OUTPUT_DIM,
+                    batch_norm=True,
+                    freeze_last_layer=-1,
                 )
 
         self.projection_head = make_head()
@@ -60,10 +83,13 @@ class DINO(SSLMethod):
         )
 
     def on_after_backward(self, ctx: StepContext) -> None:
-        self.projection_head.cancel_last_layer_gradients(ctx.epoch)
+        if ctx.step < frozen_steps(ctx.max_steps):
+            for p in self.projection_head.last_layer.parameters():
+                p.grad = None
 
     def on_step_end(self, ctx: StepContext) -> None:
-        m = cosine_schedule(ctx.step, ctx.max_steps, self.momentum_start, 1.0)
+        start = ema_momentum_start(ctx.max_steps, self.momentum_long_run)
+        m = cosine_schedule(ctx.step, ctx.max_steps, start, 1.0)
         update_momentum(self.backbone, self.teacher_backbone, m=m)
         update_momentum(self.projection_head, self.teacher_projection_head, m=m)
 
@@ -75,7 +101,6 @@ SPEC = MethodSpec(
     name="dino",
     build=DINO,
     recipe=DINO_RECIPE,
-    default_lr=0.06,
     optimizer="sgd",
     reference="Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers, ICCV",
     family="distillation",

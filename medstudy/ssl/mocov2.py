@@ -59,7 +59,6 @@ SPEC = MethodSpec(
     name="mocov2",
     build=MoCoV2,
     recipe=MOCOV2,
-    default_lr=0.06,
     optimizer="sgd",
     reference="Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning",
     family="contrastive",

@@ -33,7 +33,6 @@ SPEC = MethodSpec(
     name="simclr",
     build=SimCLR,
     recipe=SIMCLR,
-    default_lr=0.06,
     optimizer="sgd",
     reference="Chen et al. 2020, A Simple Framework for Contrastive Learning, ICML",
     family="contrastive",

@@ -16,7 +16,8 @@ is copied.
    map's empty positions are filled with a learned per-scale mask token and projected to the
    decoder width; a light UNet decoder (transposed-conv upsampling + two 3×3 convs per level,
    widths halving) adds them from the coarsest to the finest level and predicts pixels.
-4. **Loss.** MSE to per-patch-normalised pixels, on masked patches only.
+4. **Loss.** MSE to per-patch-normalised pixels, on masked patches only; for a grey image
+   (``StepContext.image_channels == 1``) on its one channel.
 
 Deviation from the paper at 28 px: the full-resolution level (ResNet-20's stem and first stage
 keep 28 px) also gets a skip connection, because there the hierarchy starts at stride 1 rather
@@ -242,6 +243,12 @@ class SparK(SSLMethod):
             x.shape[0], x.shape[-1] // self.downsample, ctx.generator, x.device
         )
         pred = self.decode(self.encode(x, active), active)
+        if ctx.image_channels == 1:
+            # A grey image reaches the model as 3 affine copies of one channel (to_model_input:
+            # a different ImageNet mean/std per channel), so the 3-channel target's per-patch
+            # normalisation would carry a fixed, trivial channel pattern. The target is the one
+            # channel (per-patch normalisation removes the affine map) and so is the prediction.
+            return self.reconstruction_loss(pred[:, :1], x[:, :1], active)
         return self.reconstruction_loss(pred, x, active)
 
 
@@ -249,7 +256,6 @@ SPEC = MethodSpec(
     name="spark",
     build=SparK,
     recipe=SPARK_RECIPE,
-    default_lr=0.06,
     optimizer="sgd",
     reference="Tian et al. 2023, Designing BERT for Convolutional Networks: Sparse and "
     "Hierarchical Masked Modeling, ICLR",

@@ -2,8 +2,9 @@
 NeurIPS, arXiv:2006.09882).
 
 lightly's ``SwaVProjectionHead``, ``SwaVPrototypes`` and ``SwaVLoss`` (Sinkhorn-Knopp codes,
-temperature 0.1, epsilon 0.05, 3 iterations). Two 28 px global crops and four 12 px local crops
-(:data:`medstudy.augment.SWAV`); codes are computed from the global crops only.
+temperature 0.1, epsilon 0.05, 3 iterations). Two 28 px global crops (:data:`medstudy.augment.SWAV`,
+no local crops at 28 px, as in lightly's CIFAR-10 benchmark); codes are computed from the global
+crops only, and local crops, when a recipe has them (views 3+), are predicted too.
 
 Small batches (<= 256) make Sinkhorn's equipartition over one batch too coarse, so, as the paper
 (App. A.6) and lightly's benchmark do, the codes are computed over the batch plus a queue of
@@ -89,7 +90,6 @@ SPEC = MethodSpec(
     name="swav",
     build=SwAV,
     recipe=SWAV_RECIPE,
-    default_lr=0.06,
     optimizer="sgd",
     reference="Caron et al. 2020, Unsupervised Learning of Visual Features by Contrasting "
     "Cluster Assignments, NeurIPS",
