@@ -171,15 +171,16 @@ def _invert_8bit(
 def _photon_counts(x: torch.Tensor, photons: float, generator: torch.Generator) -> torch.Tensor:
     """Poisson(photons · x) draws, as float counts in x's shape (x float in [0, 1]).
 
-    On the CPU, when every value of x is an 8-bit level (|255·x − round(255·x)| ≤ 1e-3, as for
-    MedMNIST images), :func:`_poisson_8bit`; otherwise :func:`_poisson` (``torch.poisson``).
+    On the CPU, when every value of x is an 8-bit level (|255·x − round(255·x)| ≤ 1e-3 and
+    round(255·x) in 0–255, as for MedMNIST images), :func:`_poisson_8bit`; otherwise :func:`_poisson` (``torch.poisson``).
     Both draw from the same distribution, with different streams.
     """
     work = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     if x.device.type == "cpu" and work.numel():
         scaled = work * 255
         level = scaled.round()
-        if float((scaled - level).abs().max()) <= 1e-3:
+        on_grid = float((scaled - level).abs().max()) <= 1e-3
+        if on_grid and 0 <= float(level.min()) and float(level.max()) <= 255:  # no uint8 wrap
             return _poisson_8bit(level.to(torch.uint8), photons, generator).to(work.dtype)
     return _poisson(work * photons, generator)
 

@@ -418,6 +418,11 @@ def test_shot_noise_inverts_tables_for_8bit_images_and_draws_torch_poisson_other
     counts = ops._poisson(xf * 25, _gen(2))
     assert torch.equal(dist.shot_noise(xf, 2, _gen(2)), (counts / 25).clamp(0, 1))
     assert not torch.equal(dist.shot_noise(xf, 2, _gen(2)), dist.shot_noise(x8, 2, _gen(2)))
+    # on the 1/255 grid but outside [0, 1]: never wrapped into uint8 levels
+    big = torch.full((2, 1, 4, 4), 256 / 255)
+    torch.testing.assert_close(
+        ops._photon_counts(big, 25, _gen(2)), ops._poisson(big * 25, _gen(2))
+    )
 
 
 def test_stain_shift_matches_skimage_hed_round_trip() -> None:
