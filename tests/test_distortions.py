@@ -308,12 +308,27 @@ def test_noise_statistics() -> None:
     assert torch.equal(y * 5, (y * 5).round()), "counts / λ"
 
 
+def _poisson_fit_pvalue(draws: torch.Tensor, lam: float) -> float:
+    """Pearson chi-square goodness of fit of whole-count ``draws`` to scipy's Poisson(lam) pmf,
+    tail bins merged until every expected count is >= 20."""
+    from scipy import stats
+
+    counts = np.bincount(draws.numpy().astype(np.int64))
+    k_max = int(stats.poisson.ppf(1 - 1e-4, lam))
+    observed = np.append(counts[:k_max], counts[k_max:].sum())
+    probs = np.append(stats.poisson.pmf(np.arange(k_max), lam), stats.poisson.sf(k_max - 1, lam))
+    expected = probs * draws.numel()
+    keep = expected >= 20
+    obs, exp = observed[keep], expected[keep]
+    if not keep.all():
+        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
+    return float(stats.chisquare(obs, exp).pvalue)
+
+
 @pytest.mark.parametrize("lam", [0.7, 3.7, 25.0])
 def test_chunked_poisson_is_exact_poisson_and_ignores_the_thread_count(
     lam: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scipy import stats
-
     from medstudy import distortion_ops
 
     # many small chunks: every chunk has its own stream, and the chunk seams must not show
@@ -329,17 +344,7 @@ def test_chunked_poisson_is_exact_poisson_and_ignores_the_thread_count(
         torch.set_num_threads(threads)
     assert torch.equal(one, two)  # the thread count changes nothing
     assert not torch.equal(one, distortion_ops._poisson(rate, _gen(4)))  # the seed does
-    # Pearson chi-square goodness of fit to scipy's Poisson pmf, tail bins merged (E >= 20)
-    counts = np.bincount(one.numpy().astype(np.int64))
-    k_max = int(stats.poisson.ppf(1 - 1e-4, lam))
-    observed = np.append(counts[:k_max], counts[k_max:].sum())
-    probs = np.append(stats.poisson.pmf(np.arange(k_max), lam), stats.poisson.sf(k_max - 1, lam))
-    expected = probs * len(rate)
-    keep = expected >= 20
-    obs, exp = observed[keep], expected[keep]
-    if not keep.all():
-        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
-    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    assert _poisson_fit_pvalue(one, lam) > 1e-3
     # whole counts, a different stream in every chunk (no repeated chunk)
     assert torch.equal(one, one.round())
     assert not torch.equal(one[:7_001], one[7_001:14_002])
@@ -378,8 +383,6 @@ def test_8bit_poisson_tables_hold_the_poisson_pmf_of_every_level(photons: int) -
 def test_8bit_poisson_draws_are_poisson_and_ignore_the_thread_count(
     level: int, photons: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scipy import stats
-
     from medstudy import distortion_ops as ops
 
     monkeypatch.setattr(ops, "POISSON_CHUNK", 7_001)
@@ -395,17 +398,7 @@ def test_8bit_poisson_draws_are_poisson_and_ignore_the_thread_count(
     assert torch.equal(one, two)
     assert not torch.equal(one, ops._poisson_8bit(lv, photons, _gen(4)))
     assert not torch.equal(one[:7_001], one[7_001:14_002])  # a new stream in every chunk
-    lam = level * photons / 255
-    counts = np.bincount(one.numpy().astype(np.int64))
-    k_max = int(stats.poisson.ppf(1 - 1e-4, lam))
-    observed = np.append(counts[:k_max], counts[k_max:].sum())
-    probs = np.append(stats.poisson.pmf(np.arange(k_max), lam), stats.poisson.sf(k_max - 1, lam))
-    expected = probs * len(lv)
-    keep = expected >= 20
-    obs, exp = observed[keep], expected[keep]
-    if not keep.all():
-        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
-    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    assert _poisson_fit_pvalue(one, level * photons / 255) > 1e-3
 
 
 def test_shot_noise_inverts_tables_for_8bit_images_and_draws_torch_poisson_otherwise() -> None:
