@@ -137,7 +137,7 @@ def run_one(dataset: str, method: str, args: argparse.Namespace) -> dict[str, An
         arm=f"ssl:{method}",
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr_scale=args.lr_scale,
         max_train=args.max_train,
         knn_k=args.knn_k,
         seed=args.seed,
@@ -188,7 +188,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.06)
+    parser.add_argument(
+        "--lr-scale", type=float, default=1.0, help="times each method's recipe LR (1 = recipe)"
+    )
     parser.add_argument("--max-train", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--knn-k", type=int, default=20)
@@ -208,7 +210,7 @@ def main() -> None:
         f"{'loss first→last':>18} {'img/s':>6} {'spread':>7} {'eff.rank':>8} {'view-id':>11} {'final−init [95% CI]':>24} {'p':>6}"
     )
     print(
-        f"budget: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+        f"budget: {args.epochs} epochs, batch {args.batch_size}, lr_scale {args.lr_scale} (each method's optimiser recipe), "
         f"max_train {args.max_train}, seed {args.seed}, {args.threads} thread(s)"
     )
     print(head)

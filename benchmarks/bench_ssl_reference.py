@@ -5,7 +5,8 @@ separates "our implementation" from "the method at this budget". For every metho
 from the same seeded random ``resnet20_cifar`` and on the same capped train images (2 000,
 stratified, as the kNN monitor's), with the same batch size and number of steps:
 
-- **ours**: ``medstudy.pretrain.pretrain`` (arm ``ssl:<method>``), exactly as the study runs it;
+- **ours**: ``medstudy.pretrain.pretrain`` (arm ``ssl:<method>``), exactly as the study runs it
+  (each method's optimiser recipe, :class:`medstudy.ssl.base.OptimRecipe`);
 - **lightly**: the method as lightly's CIFAR-10 benchmark (``docs/source/getting_started/
   benchmarks/cifar10_benchmark.py``) builds it: lightly's transform on PIL images (32 → 28 px,
   blur off, no local crops), lightly's heads and loss at the benchmark's sizes, its optimiser
@@ -330,35 +331,52 @@ def recalibrated(init: nn.Module, train: Any, batch_size: int = 256) -> nn.Modul
     return net.eval()
 
 
-def read_encoder(
-    encoder: nn.Module, init: nn.Module, train: Any, val: Any, info: Any, k: int, seed: int
-) -> dict[str, float]:
-    """kNN and linear-probe val AUC of ``encoder``, each paired (DeLong) with the init's
-    (``{kind}_*``) and with the BN-recalibrated init's (``{kind}_bn_*``)."""
+def val_scores(
+    net: nn.Module, train: Any, val: Any, info: Any, k: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Class-1 (pneumonia) val scores of ``net``'s features: ``knn`` (the monitor's votes, k,
+    T = 0.07) and ``linear`` (a probe fitted on 75 % of train, its L2 chosen on the other 25 %,
+    stratified and seeded; never on val)."""
     from medstudy.evaluate.features import extract_features
     from medstudy.evaluate.knn import KNN_TEMPERATURE, knn_predict
     from medstudy.evaluate.linear import fit_linear_probe
-    from medstudy.stats import delong_test
 
     y_tr = train.labels.cpu().numpy().reshape(-1)
-    y_va = val.labels.cpu().numpy().reshape(-1)
-    # the probe's L2 is chosen on 500 held-out train images, never on val
     rng = np.random.default_rng(seed)
     select = np.zeros(len(y_tr), dtype=bool)
     for c in np.unique(y_tr):
         members = np.flatnonzero(y_tr == c)
         select[rng.choice(members, round(0.25 * len(members)), replace=False)] = True
-    scores: dict[str, list[np.ndarray]] = {"knn": [], "linear": []}
-    for net in (encoder, init, recalibrated(init, train)):
-        f_tr, f_va = extract_features(net, train), extract_features(net, val)
-        votes = knn_predict(f_tr, y_tr, f_va, info.n_classes, k, KNN_TEMPERATURE)
-        scores["knn"].append(votes[:, 1])
-        probe = fit_linear_probe(f_tr[~select], y_tr[~select], f_tr[select], y_tr[select], info)
-        scores["linear"].append(probe.predict_scores(f_va)[:, 1])
+    f_tr, f_va = extract_features(net, train), extract_features(net, val)
+    votes = knn_predict(f_tr, y_tr, f_va, info.n_classes, k, KNN_TEMPERATURE)
+    probe = fit_linear_probe(f_tr[~select], y_tr[~select], f_tr[select], y_tr[select], info)
+    return {"knn": votes[:, 1], "linear": probe.predict_scores(f_va)[:, 1]}
+
+
+def read_encoder(
+    encoder: nn.Module,
+    init: nn.Module,
+    train: Any,
+    val: Any,
+    info: Any,
+    k: int,
+    seed: int,
+    scores: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """kNN and linear-probe val AUC of ``encoder`` (or of its precomputed ``scores``), each
+    paired (DeLong) with the init's (``{kind}_*``) and with the BN-recalibrated init's
+    (``{kind}_bn_*``)."""
+    from medstudy.stats import delong_test
+
+    y_va = val.labels.cpu().numpy().reshape(-1)
+    nets = [recalibrated(init, train), init]
+    final = scores or val_scores(encoder, train, val, info, k, seed)
+    bn_s, raw_s = (val_scores(net, train, val, info, k, seed) for net in nets)
     out: dict[str, float] = {}
-    for kind, (final, raw, bn) in scores.items():
+    for kind in ("knn", "linear"):
+        final_k, raw, bn = final[kind], raw_s[kind], bn_s[kind]
         for name, base in ((kind, raw), (f"{kind}_bn", bn)):
-            res = delong_test(y_va, final, base)
+            res = delong_test(y_va, final_k, base)
             out.update(
                 {
                     f"{name}_init": res.auc_b,
@@ -383,7 +401,7 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         arm=f"ssl:{method}",
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=SGD_LR,
+        # each method's own optimiser recipe (medstudy.ssl METHODS[m].optim) at this batch
         max_train=args.max_train,
         knn_k=args.knn_k,
         seed=args.seed,

@@ -16,7 +16,8 @@ produces the same parameters for the same batch shape.
 
 Recipes (:data:`RECIPES`) follow the papers' augmentation pipelines, rescaled for 28–32 px
 images (the CPU profile); an :class:`AugmentRecipe` is a tuple of :class:`ViewTransform`, one
-per view, so asymmetric (BYOL) and multi-crop (DINO, SwAV) recipes are just longer tuples.
+per view, so asymmetric recipes (BYOL) differ per view and a multi-crop recipe would be a
+longer tuple (DINO and SwAV use 2 global crops at 28 px, as lightly's CIFAR-10 benchmark).
 Medical-appropriate defaults come from :meth:`AugmentRecipe.for_modality`: no saturation/hue
 or greyscale on grey images (they are meaningless there), vertical flips and 90° rotations only
 for rotation-invariant modalities (histology, dermoscopy; not CXR or fundus, whose orientation

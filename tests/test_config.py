@@ -25,7 +25,7 @@ def test_unknown_parameter_names_valid_fields():
         ("epochs", "3", r"'epochs' must be an int"),
         ("epochs", 2.5, r"'epochs' must be an int"),
         ("seed", True, r"'seed' must be an int"),
-        ("lr", "fast", r"'lr' must be a float"),
+        ("lr_scale", "fast", r"'lr_scale' must be a float"),
         ("curriculum", "simclr:1", r"'curriculum' must be a list"),
         ("dataset", 3, r"'dataset' must be a string"),
     ],

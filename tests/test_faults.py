@@ -42,7 +42,6 @@ datasets: [pneumoniamnist]
 pretrain:
   epochs: 3
   batch_size: 64
-  lr: 0.06
   max_train: 512
   curriculum: ["simclr:1", "spark:1"]
   seed: 0

@@ -98,8 +98,8 @@ def test_per_dataset_overrides_reach_only_their_dataset():
     with pytest.raises(GridError, match=r"per_dataset must map a dataset to .*\['retinamnist'\]"):
         expand(spec)
     spec["notebooks"]["02_transfer"].pop("per_dataset")
-    spec["notebooks"]["01_pretrain"]["per_dataset"] = {"retinamnist": {"lr": 0.1}}
-    with pytest.raises(GridError, match=r"\['lr'\] belong in the profile's shared"):
+    spec["notebooks"]["01_pretrain"]["per_dataset"] = {"retinamnist": {"lr_scale": 0.5}}
+    with pytest.raises(GridError, match=r"\['lr_scale'\] belong in the profile's shared"):
         expand(spec)
 
 

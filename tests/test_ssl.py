@@ -20,6 +20,7 @@ from medstudy.augment import make_views
 from medstudy.config import ConfigError, PretrainConfig
 from medstudy.data.tensors import to_model_input
 from medstudy.models import WeightsError, create_backbone, load_checkpoint
+from medstudy.pretrain import module as pretrain_module
 from medstudy.ssl import METHODS, get_method
 from medstudy.ssl.base import StepContext
 from medstudy.ssl.mocov2 import MoCoV2
@@ -233,11 +234,12 @@ def test_ema_momentum_leaves_under_1_percent_of_the_init_at_any_budget() -> None
 
 @pytest.mark.parametrize("max_steps", [12, 200])
 def test_dino_last_layer_is_frozen_for_the_first_steps_only(max_steps: int) -> None:
-    from medstudy.ssl.dino import frozen_steps
+    from medstudy.ssl.base import frozen_steps
+    from medstudy.ssl.dino import FREEZE_FRACTION
 
     method = get_method("dino").build(create_backbone("resnet20_cifar", seed=0))
     views = make_views(_images(8, 28), METHODS["dino"].recipe, torch.Generator().manual_seed(0))
-    n_frozen = frozen_steps(max_steps)
+    n_frozen = frozen_steps(FREEZE_FRACTION, max_steps)
     assert n_frozen == max(1, round(0.01 * max_steps))  # 1 % of the steps, at least one
     last = method.projection_head.last_layer
     for step in (0, n_frozen - 1, n_frozen, max_steps - 1):
@@ -468,15 +470,17 @@ def test_natural_ssl_and_missing_gpu_fail_clearly() -> None:
 
 @pytest.mark.parametrize(("arm", "mult"), [("natural_sup+ssl:simclr", 0.1), ("ssl:simclr", 1.0)])
 def test_natural_lr_mult_slows_only_a_natural_backbone(arm: str, mult: float) -> None:
-    cfg = PretrainConfig(arm=arm, lr=0.5, natural_lr_mult=0.1, weight_decay=1e-4)
+    # SimCLR's recipe: SGD 0.06 at batch 128 -> 0.12 at 256, x lr_scale 2.5 = 0.3; wd 5e-4
+    cfg = PretrainConfig(arm=arm, batch_size=256, lr_scale=2.5, natural_lr_mult=0.1)
     method = METHODS["simclr"].build(create_backbone("resnet20_cifar"))
-    groups = pretrain_stage.param_groups(method, cfg)
+    groups = pretrain_stage.param_groups(method, METHODS["simclr"], cfg)
     backbone = {id(p) for p in method.backbone.parameters()}
     head = {id(p) for p in method.projection_head.parameters()}
     for g in groups:
         ids = {id(p) for p in g["params"]}
         assert ids <= backbone or ids <= head  # a group never mixes backbone and head
-        assert g["lr"] == pytest.approx(0.5 * mult if ids <= backbone else 0.5)
+        assert g["lr"] == pytest.approx(0.3 * mult if ids <= backbone else 0.3)
+        assert g["weight_decay"] in (0.0, 5e-4)
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(backbone | head)  # every trainable parameter, once
     biases = {id(p) for n, p in method.named_parameters() if n.endswith("bias")}
@@ -505,3 +509,76 @@ def test_plots_return_figures() -> None:
         ]
     )
     assert isinstance(pretrain_stage.plot_history(history), Figure)
+
+
+# ------------------------------------------------------------------ optimiser recipes (#15) --
+def test_optim_recipe_scales_lr_linearly_and_rejects_bad_input() -> None:
+    from medstudy.ssl.base import OptimRecipe
+
+    r = OptimRecipe("sgd", 0.06, 128, 5e-4, "lightly")
+    assert r.lr(128) == pytest.approx(0.06)
+    assert r.lr(256) == pytest.approx(0.12)  # lightly: 6e-2 * batch/128
+    assert r.lr(64) == pytest.approx(0.03)
+    with pytest.raises(
+        ValueError, match=r"unknown optimizer 'lars'; valid: \['sgd', 'adam', 'lamb'\]"
+    ):
+        OptimRecipe("lars", 0.06, 128, 5e-4, "x")
+    with pytest.raises(ValueError, match="base_lr > 0"):
+        OptimRecipe("sgd", 0.0, 128, 5e-4, "x")
+    with pytest.raises(ValueError, match="cite its source"):
+        OptimRecipe("sgd", 0.06, 128, 5e-4, "")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_with_its_own_optimiser_recipe(name: str) -> None:
+    """The optimiser the loop builds is the method's recipe: its class, its LR at the run's
+    batch size (linear rule) times lr_scale, its momentum/betas and weight decay (not on
+    biases and norms). Sources: lightly's CIFAR-10 benchmark; SparK's arg_util.py."""
+    import timm.optim
+
+    spec = METHODS[name]
+    expected = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "lamb": timm.optim.Lamb,
+    }[spec.optim.name]
+    cfg = PretrainConfig(arm=f"ssl:{name}", batch_size=64, lr_scale=0.5)
+    method = spec.build(create_backbone("resnet20_cifar"))
+    groups = pretrain_stage.param_groups(method, spec, cfg)
+    opt = pretrain_module.OPTIMIZERS[spec.optim.name](groups, spec.optim)
+    assert type(opt) is expected
+    lr = spec.optim.base_lr * 64 / spec.optim.base_batch * 0.5
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr] * len(opt.param_groups))
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, spec.optim.weight_decay}
+    if spec.optim.name == "sgd":
+        assert all(g["momentum"] == spec.optim.momentum for g in opt.param_groups)
+    else:
+        assert all(tuple(g["betas"]) == spec.optim.betas for g in opt.param_groups)
+    assert spec.optim.source
+
+
+def test_recipes_follow_their_sources() -> None:
+    """Pinned against the cited code: lightly's CIFAR-10 benchmark (SGD 6e-2 x batch/128, wd
+    5e-4; SwAV Adam 1e-3 x batch/128, wd 1e-6) and SparK's arg_util.py (LAMB 2e-4 x bs/256,
+    wd 0.04, betas (0.9, 0.95))."""
+    from medstudy.ssl.spark import SPARK_LAMB
+
+    for name in ("simclr", "mocov2", "byol", "barlowtwins", "dino"):
+        o = METHODS[name].optim
+        assert (o.name, o.base_lr, o.base_batch, o.weight_decay, o.momentum) == (
+            "sgd",
+            0.06,
+            128,
+            5e-4,
+            0.9,
+        )
+    o = METHODS["swav"].optim
+    assert (o.name, o.base_lr, o.base_batch, o.weight_decay) == ("adam", 1e-3, 128, 1e-6)
+    assert (SPARK_LAMB.name, SPARK_LAMB.base_lr, SPARK_LAMB.base_batch) == ("lamb", 2e-4, 256)
+    assert (SPARK_LAMB.weight_decay, SPARK_LAMB.betas) == (0.04, (0.9, 0.95))
+
+
+def test_curriculum_stages_use_their_own_method_lr() -> None:
+    cfg = PretrainConfig(arm="curriculum", batch_size=256, curriculum=("simclr:1", "swav:1"))
+    assert pretrain_stage.method_lr(METHODS["simclr"], cfg) == pytest.approx(0.12)
+    assert pretrain_stage.method_lr(METHODS["swav"], cfg) == pytest.approx(2e-3)

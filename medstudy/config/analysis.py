@@ -95,7 +95,7 @@ class RepresentationsConfig(StageConfig):
     # notebook 01's settings, as TransferConfig's pretrain_* fields (to find its checkpoints)
     pretrain_epochs: int = 1
     pretrain_batch_size: int = 256
-    pretrain_lr: float = 0.06
+    pretrain_lr_scale: float = 1.0
     pretrain_natural_lr_mult: float = 1.0
     pretrain_max_train: int = 512
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")

@@ -36,12 +36,14 @@ class PretrainConfig(StageConfig):
     image_size: int = 28
     epochs: int = 1
     batch_size: int = 256
-    lr: float = 0.06
+    # Each method trains with its own optimiser recipe (medstudy.ssl METHODS[m].optim: SGD,
+    # Adam or LAMB, weight decay, LR = base LR x batch_size / base batch); lr_scale multiplies
+    # that LR (1 = the recipe; e.g. for an LR sweep).
+    lr_scale: float = 1.0
     # Backbone LR = lr * this for arms that start from natural-image weights
     # (natural_sup+ssl:*); the fresh heads always train at lr. Below 1 keeps the natural
     # features from being erased by the first large SSL steps.
     natural_lr_mult: float = 1.0
-    weight_decay: float = 5e-4
     max_train: int = 512  # 0 = the whole train split
     curriculum: tuple[str, ...] = ("simclr:1", "spark:1")  # "method:epochs" stages
     knn_k: int = 20
@@ -69,7 +71,7 @@ class PretrainConfig(StageConfig):
         validate_image_size(self.dataset, self.image_size)
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("batch_size", self.batch_size)
-        _positive("lr", self.lr)
+        _positive("lr_scale", self.lr_scale)
         _positive("natural_lr_mult", self.natural_lr_mult)
         _positive("max_train", self.max_train, allow_zero=True)
         _positive("knn_k", self.knn_k)
@@ -143,7 +145,7 @@ class TransferConfig(StageConfig):
     image_size: int = 28
     pretrain_epochs: int = 1
     pretrain_batch_size: int = 256
-    pretrain_lr: float = 0.06
+    pretrain_lr_scale: float = 1.0
     pretrain_natural_lr_mult: float = 1.0
     pretrain_max_train: int = 512
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
@@ -213,7 +215,7 @@ class TransferConfig(StageConfig):
             image_size=self.image_size,
             epochs=self.pretrain_epochs,
             batch_size=self.pretrain_batch_size,
-            lr=self.pretrain_lr,
+            lr_scale=self.pretrain_lr_scale,
             natural_lr_mult=self.pretrain_natural_lr_mult,
             max_train=self.pretrain_max_train,
             curriculum=self.pretrain_curriculum,

@@ -76,6 +76,7 @@ from medstudy.pretrain.module import (
     _EpochPermutation,
     _Indices,
     _write_history,
+    method_lr,
     param_groups,
 )
 from medstudy.pretrain.plots import plot_history, plot_views
@@ -94,6 +95,7 @@ __all__ = [
     "PretrainResult",
     "load_encoder",
     "load_pretrain_data",
+    "method_lr",
     "param_groups",
     "plot_history",
     "plot_views",

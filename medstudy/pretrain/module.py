@@ -3,8 +3,9 @@
 Batches are index slices of the on-device uint8 training tensor (no DataLoader workers, no
 PIL); augmentation is batched on the device; the batch order, the augmentation and SparK's
 masks come from generators derived from ``(cfg.seed, stage, epoch)``, so a stage killed after
-any epoch and resumed from its checkpoint ends with identical weights. SGD / LARS / AdamW with
-a per-step cosine schedule after a linear warm-up.
+any epoch and resumed from its checkpoint ends with identical weights. Each method trains with
+its own optimiser recipe (:class:`~medstudy.ssl.base.OptimRecipe`: SGD, Adam or LAMB, the LR
+scaled linearly with the batch size) on a per-step cosine schedule after a linear warm-up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import lightning.pytorch as L
 import pandas as pd
 import torch
 from lightly.models.utils import get_weight_decay_parameters
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 
 from medstudy.arms import arm_plan
@@ -30,6 +30,7 @@ from medstudy.evaluate.knn import knn_accuracy
 from medstudy.results import atomic_write
 from medstudy.runtime import derive_seed, make_generator
 from medstudy.ssl import MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.base import OptimRecipe
 
 WARMUP_FRACTION = 0.1  # linear lr warm-up over the first 10 % of steps, then cosine decay
 HISTORY_COLUMNS: tuple[str, ...] = (
@@ -76,30 +77,43 @@ class _EpochPermutation(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float], torch.optim.Optimizer]] = {
-    "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9),
-    # LARS (You et al. 2017) as in lightly's large-batch benchmarks.
-    "lars": lambda groups, lr: LARS(groups, lr=lr, momentum=0.9),
-    "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95)),
+def _lamb(groups: list[dict[str, Any]], recipe: OptimRecipe) -> torch.optim.Optimizer:
+    from timm.optim import Lamb  # SparK's LAMB is timm's; clip 5 is SparK's global grad clip
+
+    return Lamb(groups, lr=groups[0]["lr"], betas=recipe.betas, max_grad_norm=5.0)
+
+
+#: Builders by :data:`medstudy.ssl.base.OPTIMIZERS` name; LR and weight decay are per group.
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], OptimRecipe], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, r: torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=r.momentum),
+    "adam": lambda groups, r: torch.optim.Adam(groups, lr=groups[0]["lr"], betas=r.betas),
+    "lamb": _lamb,
 }
 
 
-def param_groups(method: SSLMethod, cfg: PretrainConfig) -> list[dict[str, Any]]:
-    """The optimiser's parameter groups: weight decay except on norms and biases (lightly's
-    ``get_weight_decay_parameters``), and for arms that start from natural-image weights
-    (``natural_sup+ssl:*``) the backbone at ``lr * natural_lr_mult`` while the fresh heads train
-    at ``lr``. Frozen (momentum) parameters are left out; empty groups are dropped."""
+def method_lr(spec: MethodSpec, cfg: PretrainConfig) -> float:
+    """``spec``'s recipe LR at the run's batch size (linear rule), times ``cfg.lr_scale``."""
+    return spec.optim.lr(cfg.batch_size) * cfg.lr_scale
+
+
+def param_groups(method: SSLMethod, spec: MethodSpec, cfg: PretrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the recipe's weight decay except on norms and biases
+    (lightly's ``get_weight_decay_parameters``), and for arms that start from natural-image
+    weights (``natural_sup+ssl:*``) the backbone at ``lr * natural_lr_mult`` while the fresh
+    heads train at ``lr`` (:func:`method_lr`). Frozen (momentum) parameters are left out;
+    empty groups are dropped."""
     decay, no_decay = get_weight_decay_parameters([method])
     natural = arm_plan(cfg.arm, cfg.epochs, cfg.curriculum).init == "natural_sup"
     mult = cfg.natural_lr_mult if natural else 1.0
+    lr = method_lr(spec, cfg)
     in_backbone = {id(p) for p in method.backbone.parameters()}
     groups = []
-    for plist, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+    for plist, wd in ((decay, spec.optim.weight_decay), (no_decay, 0.0)):
         for backbone in (True, False):
             params = [p for p in plist if p.requires_grad and (id(p) in in_backbone) == backbone]
             if params:
                 groups.append(
-                    {"params": params, "weight_decay": wd, "lr": cfg.lr * (mult if backbone else 1)}
+                    {"params": params, "weight_decay": wd, "lr": lr * (mult if backbone else 1)}
                 )
     return groups
 
@@ -141,8 +155,8 @@ class PretrainModule(L.LightningModule):
 
     # -- setup ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = param_groups(self.method, self.cfg)
-        optimizer = OPTIMIZERS[self.spec.optimizer](groups, self.cfg.lr)
+        groups = param_groups(self.method, self.spec, self.cfg)
+        optimizer = OPTIMIZERS[self.spec.optim.name](groups, self.spec.optim)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = CosineWarmupScheduler(
             optimizer, warmup_epochs=int(WARMUP_FRACTION * total), max_epochs=total
@@ -191,7 +205,9 @@ class PretrainModule(L.LightningModule):
             epoch = self.epoch_offset + self.current_epoch + 1
             raise FloatingPointError(
                 f"{self.spec.name}: non-finite loss {loss.item()} at step {self.global_step} "
-                f"(epoch {epoch}); lower the learning rate (cfg.lr={self.cfg.lr})"
+                f"(epoch {epoch}); lower the learning rate (lr {method_lr(self.spec, self.cfg):.3g}"
+                f" = the {self.spec.optim.name} recipe's at batch {self.cfg.batch_size} x "
+                f"lr_scale {self.cfg.lr_scale})"
             )
         self._loss_sum += float(loss.detach())
         self._n_steps += 1

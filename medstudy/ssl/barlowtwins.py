@@ -15,7 +15,7 @@ from lightly.models.modules.heads import BarlowTwinsProjectionHead
 
 from medstudy.augment import BARLOWTWINS
 from medstudy.models import Backbone
-from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, SSLMethod, StepContext
 
 
 class BarlowTwins(SSLMethod):
@@ -33,7 +33,7 @@ SPEC = MethodSpec(
     name="barlowtwins",
     build=BarlowTwins,
     recipe=BARLOWTWINS,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy "
     "Reduction, ICML",
     family="redundancy",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +23,55 @@ from torch import nn
 from medstudy.augment import AugmentRecipe
 from medstudy.models import Backbone
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "lars", "adamw")
+#: Optimisers a recipe may name (built by :mod:`medstudy.pretrain.module`): SGD with momentum
+#: (lightly's CIFAR-10 benchmark), Adam (its SwAV) and LAMB (SparK; timm's ``Lamb``).
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "lamb")
+
+
+@dataclass(frozen=True)
+class OptimRecipe:
+    """A method's optimiser, with its source: the LR follows the linear scaling rule.
+
+    ``lr(batch_size) = base_lr * batch_size / base_batch`` (Goyal et al. 2017; lightly's
+    benchmarks write it ``lr_factor = batch_size / 128``, SparK ``base_lr * bs / 256``), so a
+    recipe stated for one batch size trains at the same per-image step size at any other.
+    The schedule (linear warm-up over 10 % of the steps, then cosine) is the loop's, for every
+    method alike. Weight decay skips norms and biases (lightly's ``get_weight_decay_parameters``).
+    """
+
+    name: str  # one of OPTIMIZERS
+    base_lr: float
+    base_batch: int
+    weight_decay: float
+    source: str
+    momentum: float = 0.9  # SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam, LAMB
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; valid: {list(OPTIMIZERS)}")
+        if self.base_lr <= 0 or self.base_batch < 1 or self.weight_decay < 0:
+            raise ValueError(
+                f"optimiser recipe needs base_lr > 0, base_batch >= 1, weight_decay >= 0; got "
+                f"{self.base_lr}, {self.base_batch}, {self.weight_decay}"
+            )
+        if not self.source:
+            raise ValueError("an optimiser recipe must cite its source")
+
+    def lr(self, batch_size: int) -> float:
+        """The learning rate at ``batch_size`` by the linear scaling rule."""
+        return self.base_lr * batch_size / self.base_batch
+
+
+#: lightly's CIFAR-10 benchmark (``benchmarks/cifar10_benchmark.py``), every model but SwAV:
+#: ``SGD(lr=6e-2 * lr_factor, momentum=0.9, weight_decay=5e-4)`` with ``lr_factor = batch/128``.
+LIGHTLY_CIFAR10_SGD = OptimRecipe(
+    "sgd",
+    0.06,
+    128,
+    5e-4,
+    "lightly CIFAR-10 benchmark: SGD 6e-2 x batch/128, momentum 0.9, wd 5e-4",
+)
 
 
 @dataclass
@@ -103,6 +151,12 @@ def ema_momentum_start(max_steps: int, long_run: float) -> float:
     return min(long_run, 1.0 - 2.0 * -math.log(EMA_INIT_RESIDUE) / max_steps)
 
 
+def frozen_steps(fraction: float, max_steps: int) -> int:
+    """Steps a freeze lasts when it is a share of the run (SwAV's prototypes, DINO's last
+    layer): ``ceil(fraction * max_steps)``, at least one step for any fraction > 0."""
+    return math.ceil(fraction * max_steps)
+
+
 def momentum_copy(module: nn.Module, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
     """A frozen twin with the same weights, for a momentum (EMA) encoder (MoCo, BYOL, DINO).
 
@@ -122,24 +176,18 @@ def momentum_copy(module: nn.Module, factory: Callable[[], nn.Module] | None = N
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registry row: how to build the method and which views and optimiser it wants.
+    """A registry row: how to build the method, its views and its optimiser.
 
-    The learning rate is the run's (``PretrainConfig.lr``, every method and curriculum stage
-    alike); a per-method LR with a batch-size scaling rule is not built yet (issue #15).
+    Every curriculum stage trains with its own method's ``optim`` (LR scaled to the run's
+    batch size, times ``PretrainConfig.lr_scale``).
     """
 
     name: str
     build: Callable[[Backbone], SSLMethod]
     recipe: AugmentRecipe
-    optimizer: str
+    optim: OptimRecipe
     reference: str
     family: str  # "contrastive" | "distillation" | "redundancy" | "clustering" | "masked"
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {list(OPTIMIZERS)}")
 
     @property
     def n_views(self) -> int:

@@ -20,6 +20,7 @@ from lightly.utils.scheduler import cosine_schedule
 from medstudy.augment import BYOL as BYOL_RECIPE
 from medstudy.models import Backbone
 from medstudy.ssl.base import (
+    LIGHTLY_CIFAR10_SGD,
     MethodSpec,
     SSLMethod,
     StepContext,
@@ -57,7 +58,7 @@ SPEC = MethodSpec(
     name="byol",
     build=BYOL,
     recipe=BYOL_RECIPE,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Grill et al. 2020, Bootstrap Your Own Latent, NeurIPS",
     family="distillation",
 )

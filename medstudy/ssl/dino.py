@@ -15,7 +15,6 @@ the kept encoder is the teacher.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -27,10 +26,12 @@ from lightly.utils.scheduler import cosine_schedule
 from medstudy.augment import DINO as DINO_RECIPE
 from medstudy.models import Backbone
 from medstudy.ssl.base import (
+    LIGHTLY_CIFAR10_SGD,
     MethodSpec,
     SSLMethod,
     StepContext,
     ema_momentum_start,
+    frozen_steps,
     momentum_copy,
 )
 
@@ -38,11 +39,6 @@ N_GLOBAL = 2
 OUTPUT_DIM = 1024
 FREEZE_FRACTION = 0.01  # the last layer is frozen for the first 1 % of the steps (1 epoch of 100)
 MOMENTUM_LONG_RUN = 0.996  # the paper's teacher momentum start (ImageNet)
-
-
-def frozen_steps(max_steps: int) -> int:
-    """Steps (from 0) during which the head's last layer gets no gradient: the first 1 %."""
-    return math.ceil(FREEZE_FRACTION * max_steps)
 
 
 class DINO(SSLMethod):
@@ -83,7 +79,7 @@ class DINO(SSLMethod):
         )
 
     def on_after_backward(self, ctx: StepContext) -> None:
-        if ctx.step < frozen_steps(ctx.max_steps):
+        if ctx.step < frozen_steps(FREEZE_FRACTION, ctx.max_steps):
             for p in self.projection_head.last_layer.parameters():
                 p.grad = None
 
@@ -101,7 +97,7 @@ SPEC = MethodSpec(
     name="dino",
     build=DINO,
     recipe=DINO_RECIPE,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers, ICCV",
     family="distillation",
 )

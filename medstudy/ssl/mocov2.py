@@ -19,7 +19,7 @@ from lightly.models.utils import update_momentum
 
 from medstudy.augment import MOCOV2
 from medstudy.models import Backbone
-from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext, momentum_copy
+from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, SSLMethod, StepContext, momentum_copy
 
 QUEUE_SIZE = 4096
 PROJECTION_DIM = 128
@@ -59,7 +59,7 @@ SPEC = MethodSpec(
     name="mocov2",
     build=MoCoV2,
     recipe=MOCOV2,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning",
     family="contrastive",
 )

@@ -14,7 +14,7 @@ from lightly.models.modules.heads import SimCLRProjectionHead
 
 from medstudy.augment import SIMCLR
 from medstudy.models import Backbone
-from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, SSLMethod, StepContext
 
 
 class SimCLR(SSLMethod):
@@ -33,7 +33,7 @@ SPEC = MethodSpec(
     name="simclr",
     build=SimCLR,
     recipe=SIMCLR,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Chen et al. 2020, A Simple Framework for Contrastive Learning, ICML",
     family="contrastive",
 )

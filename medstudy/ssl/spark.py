@@ -35,7 +35,19 @@ from torch import nn
 
 from medstudy.augment import SPARK as SPARK_RECIPE
 from medstudy.models import Backbone
-from medstudy.ssl.base import MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, OptimRecipe, SSLMethod, StepContext
+
+#: SparK's own optimiser (keyu-tian/SparK, ``pretrain/utils/arg_util.py``): LAMB at
+#: ``base_lr 2e-4 x batch/256``, betas (0.9, 0.95) for ResNets, gradient norm clipped at 5.
+#: Its weight decay runs on a cosine from 0.04 to 0.2 over 1 600 epochs; here it stays 0.04.
+SPARK_LAMB = OptimRecipe(
+    "lamb",
+    2e-4,
+    256,
+    0.04,
+    "SparK arg_util.py: LAMB 2e-4 x batch/256, wd 0.04, betas (0.9, 0.95), clip 5",
+    betas=(0.9, 0.95),
+)
 
 PROBE_SIZE = 32  # input side used once, at build time, to read the stage strides and widths
 
@@ -256,7 +268,7 @@ SPEC = MethodSpec(
     name="spark",
     build=SparK,
     recipe=SPARK_RECIPE,
-    optimizer="sgd",
+    optim=LIGHTLY_CIFAR10_SGD,
     reference="Tian et al. 2023, Designing BERT for Convolutional Networks: Sparse and "
     "Hierarchical Masked Modeling, ICLR",
     family="masked",
