@@ -451,12 +451,12 @@ def _fmt(row: dict[str, Any], kind: str) -> str:
     )
 
 
-def main() -> None:
-    from medstudy.ssl import METHODS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="pneumoniamnist")
-    parser.add_argument("--methods", default=",".join(METHODS))
+def parse_budget(
+    parser: argparse.ArgumentParser, choice: str, valid: list[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    """The 300-step budget's options (shared with ``choose_ssl_on_val``) and ``--<choice>``, a
+    comma list of ``valid`` names; bad values stop the run before any work. Sets the threads."""
+    parser.add_argument(f"--{choice}", default=",".join(valid))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=2000)
@@ -465,13 +465,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="", help="results dir (default: a temporary one)")
     args = parser.parse_args()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    chosen = [m.strip() for m in getattr(args, choice).split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(valid))
     if unknown:
-        parser.error(f"--methods: unknown {unknown}; valid: {sorted(METHODS)}")
+        parser.error(f"--{choice}: unknown {unknown}; valid: {sorted(valid)}")
     if args.epochs < 1 or args.batch_size < 2:
         parser.error("--epochs must be >= 1 and --batch-size >= 2")
     torch.set_num_threads(args.threads)
+    return args, chosen
+
+
+def main() -> None:
+    from medstudy.ssl import METHODS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="pneumoniamnist")
+    args, methods = parse_budget(parser, "methods", list(METHODS))
     results = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix="bench_ref_"))
     os.environ["MEDSTUDY_RESULTS_DIR"] = str(results)
     rows = []

@@ -115,7 +115,7 @@ def train_option(
 
 
 def main() -> None:
-    from bench_ssl_reference import read_encoder, val_scores
+    from bench_ssl_reference import parse_budget, read_encoder, val_scores
 
     from medstudy.config import PretrainConfig
     from medstudy.data import TensorSplit
@@ -124,22 +124,7 @@ def main() -> None:
     from medstudy.stats import delong_test
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", default=",".join(QUESTIONS))
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--max-train", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--knn-k", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", default="", help="results dir (default: a temporary one)")
-    args = parser.parse_args()
-    questions = [q.strip() for q in args.questions.split(",") if q.strip()]
-    unknown = sorted(set(questions) - set(QUESTIONS))
-    if unknown:
-        parser.error(f"--questions: unknown {unknown}; valid: {sorted(QUESTIONS)}")
-    if args.epochs < 1 or args.batch_size < 2:
-        parser.error("--epochs must be >= 1 and --batch-size >= 2")
-    torch.set_num_threads(args.threads)
+    args, questions = parse_budget(parser, "questions", list(QUESTIONS))
     root = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix="choose_ssl_"))
 
     data = load_pretrain_data(
