@@ -4,7 +4,8 @@ An arm names how an encoder is made:
 
 - ``scratch``: a seeded random initialisation;
 - ``natural_sup``: supervised natural-image weights;
-- ``natural_ssl``: self-supervised ImageNet weights (online only; not wired in yet);
+- ``natural_ssl``: a published self-supervised ImageNet ResNet-50 (DINO, SwAV or MoCo v2;
+  :data:`medstudy.weights.SSL_RELEASES`), downloaded or from a local copy of the release file;
 - ``ssl:<method>``: in-domain SSL with ``<method>`` from a seeded random init;
 - ``natural_sup+ssl:<method>``: the same SSL started from the natural-image weights;
 - ``curriculum``: several ``"<method>:<epochs>"`` stages trained one after another on one backbone
@@ -25,7 +26,6 @@ from medstudy.ssl import METHODS, get_method
 BASE_ARMS: tuple[str, ...] = ("scratch", "natural_sup", "natural_ssl", "curriculum")
 SSL_PREFIX = "ssl:"
 NATURAL_SSL_PREFIX = "natural_sup+ssl:"
-INITS: tuple[str, ...] = ("scratch", "natural_sup")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class StagePlan:
 class ArmPlan:
     """How an arm is made: the initial weights, then zero or more SSL stages."""
 
-    init: str  # one of INITS
+    init: str  # one of medstudy.models.INITS
     stages: tuple[StagePlan, ...]
 
 
@@ -92,14 +92,8 @@ def arm_plan(arm: str, epochs: int, curriculum: Sequence[str]) -> ArmPlan:
     """The plan of ``arm``: ``epochs`` applies to ``ssl:*`` arms, ``curriculum`` to the
     curriculum (whose stages carry their own lengths)."""
     validate_arm(arm)
-    if arm == "natural_ssl":
-        raise NotImplementedError(
-            "arm 'natural_ssl' needs self-supervised ImageNet ResNet-50 weights (DINO: torch.hub "
-            "'facebookresearch/dino:main' 'dino_resnet50'; SwAV: 'facebookresearch/swav:main' "
-            "'resnet50'; SimCLR: converted TF checkpoints), which must be downloaded; this "
-            "study's offline profiles do not include them and loading them is not wired in yet. "
-            "Use 'natural_sup' (supervised natural-image weights) or 'natural_sup+ssl:<method>'."
-        )
+    if arm == "natural_ssl":  # published weights, nothing to train (the release: a config field)
+        return ArmPlan("natural_ssl", ())
     if arm == "curriculum":
         return ArmPlan("scratch", parse_curriculum(curriculum))
     method = arm_method(arm)

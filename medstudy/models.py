@@ -7,13 +7,15 @@ so natural-image weights apply unchanged), returns pooled features of width ``fe
 exposes its ``stages`` so that SparK can re-mask after each one and the representation analysis
 can read per-stage outputs.
 
-Natural-image weights never fall back to random ones: a missing or wrong file is an error that
-names the file.
+Inits (:data:`INITS`): ``scratch`` (seeded random), ``natural_sup`` (supervised natural-image
+weights: the CIFAR-10 ResNet-20 file, or timm's ImageNet weights, downloaded or from a local
+timm checkpoint) and ``natural_ssl`` (a self-supervised ImageNet ResNet-50 release,
+:mod:`medstudy.weights`). Natural-image weights never fall back to random ones: a missing or
+wrong file is an error that names the file.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +26,10 @@ from torch import nn
 
 from medstudy import paths
 from medstudy.data.info import DatasetInfo
+from medstudy.weights import WeightsError, get_release, load_release, load_timm_file, offline
 
 RESNET20_FILE = "resnet20_cifar10.th"
 RESNET20_MD5 = "1f38c81cdebd6bcce9b03d082161a36c"
-
-
-class WeightsError(RuntimeError):
-    """Weights are missing, unreachable offline, or belong to another architecture."""
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -207,59 +206,66 @@ def load_resnet20_cifar10(backbone: ResNet20Cifar, path: Path | None = None) -> 
 class TimmBackbone(Backbone):
     """A timm model used as a feature extractor (``num_classes=0``).
 
-    Stages are exposed for ResNet-family models (stem, layer1..layer4); other families support
-    ``forward`` but not ``forward_stages`` (SparK and per-stage statistics need them).
+    The timm model is the one registered child, ``model``, so the ``state_dict`` keys are timm's
+    own under one prefix (``model.conv1.weight``, ``model.layer1.0.conv1.weight``, …) and a timm
+    or torchvision state dict loads into ``self.model`` unchanged. For ResNet-family models the
+    ``stages`` (stem, layer1..layer4) are views of that model's own modules, kept out of the
+    module tree; other families support ``forward`` but not ``forward_stages`` (SparK and
+    per-stage statistics need them).
     """
 
     def __init__(self, model_name: str, pretrained: bool = False) -> None:
         super().__init__()
         import timm
 
-        self.name = f"timm:{model_name}"
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
-        self.feature_dim = int(model.num_features)
-        if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "layer4")):
-            stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
-            self.stages = nn.ModuleList(
-                [stem, model.layer1, model.layer2, model.layer3, model.layer4]
-            )
-            self._model = None
-        else:
-            self.stages = nn.ModuleList()
-            self._model = model
+        self.name = f"{TIMM_PREFIX}{model_name}"
+        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+        self.feature_dim = int(self.model.num_features)
+        m = self.model
+        stages = nn.ModuleList()
+        if all(hasattr(m, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer4")):
+            stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
+            stages = nn.ModuleList([stem, m.layer1, m.layer2, m.layer3, m.layer4])
+        # Stored past nn.Module.__setattr__: registered, every parameter would appear a second
+        # time in state_dict() (as ``stages.*``). Built once, so a hook on a stage (per-stage
+        # statistics, Grad-CAM) sees the forward pass, which runs through these same modules.
+        object.__setattr__(self, "_stages", stages)
+
+    @property
+    def stages(self) -> nn.ModuleList:  # type: ignore[override]
+        return self._stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._model is not None:
-            return self._model(channels_last(x))
+        if len(self.stages) == 0:
+            return self.model(channels_last(x))
         return super().forward(x)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self._model is not None:
+        if len(self.stages) == 0:
             raise NotImplementedError(f"{self.name}: per-stage outputs are only wired for ResNets")
         return super().forward_stages(x)
 
 
-def _offline() -> bool:
-    return os.environ.get("MEDSTUDY_OFFLINE", "") not in ("", "0")
-
-
 def load_timm_weights(backbone: TimmBackbone, weights_path: Path | None) -> None:
-    """ImageNet weights: from ``weights_path`` if given, else timm's hub download (online only)."""
+    """ImageNet weights: from the local timm checkpoint ``weights_path`` if given (timm's own
+    loader, strict), else timm's hub download (online only)."""
     if weights_path is not None:
-        load_checkpoint(backbone, Path(weights_path))
+        load_timm_file(backbone.model, Path(weights_path))
         return
-    model_name = backbone.name.removeprefix("timm:")
-    if _offline():
+    model_name = backbone.name.removeprefix(TIMM_PREFIX)
+    if offline():
         raise WeightsError(
             f"natural_sup weights for {backbone.name} need a download and MEDSTUDY_OFFLINE is "
-            "set; pass weights_path=<local checkpoint> (a timm state_dict) instead"
+            "set; give a local timm checkpoint (a timm state_dict: conv1.weight, …, fc.*) as "
+            "the parameter natural_weights (pretrain_natural_weights in notebooks 02-04)"
         )
     try:
         fresh = TimmBackbone(model_name, pretrained=True)
     except Exception as err:  # noqa: BLE001 - any hub failure gets the same clear message
         raise WeightsError(
             f"could not download ImageNet weights for {backbone.name} "
-            f"({type(err).__name__}: {err}). Offline, pass weights_path=<local checkpoint>."
+            f"({type(err).__name__}: {err}). Offline, give a local timm checkpoint as the "
+            "parameter natural_weights."
         ) from err
     backbone.load_state_dict(fresh.state_dict(), strict=True)
 
@@ -285,6 +291,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 TIMM_PREFIX = "timm:"
 TIMM_STRIDE = 32  # the ResNet family, the only timm models whose stages are wired here
+INITS: tuple[str, ...] = ("scratch", "natural_sup", "natural_ssl")
 
 
 def backbone_stride(name: str) -> int:
@@ -293,40 +300,75 @@ def backbone_stride(name: str) -> int:
     return TIMM_STRIDE if name.startswith(TIMM_PREFIX) else BACKBONES[name].stride
 
 
+def timm_arch(name: str) -> str | None:
+    """The timm architecture of backbone ``name`` (``timm:resnet50.a1_in1k`` → ``resnet50``:
+    a pretrained tag names weights, not another network), None for our own backbones."""
+    if not name.startswith(TIMM_PREFIX):
+        return None
+    return name.removeprefix(TIMM_PREFIX).partition(".")[0]
+
+
 def validate_backbone(name: str) -> str:
-    """Reject unknown backbone names before any work."""
+    """Reject unknown backbone names before any work: ``timm:<model>`` or
+    ``timm:<model>.<pretrained tag>`` must be known to timm."""
     if name in BACKBONES:
         return name
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
         import timm
 
         model = name.removeprefix(TIMM_PREFIX)
-        if model not in timm.list_models():
-            raise ValueError(f"unknown timm model {model!r} in backbone {name!r}")
+        arch, _, tag = model.partition(".")
+        # timm.list_models() and timm.is_model() ignore tags; list_pretrained() has them
+        if not timm.is_model(arch):
+            raise ValueError(f"unknown timm model {arch!r} in backbone {name!r}")
+        if tag:
+            known = timm.list_pretrained(f"{arch}.*")
+            if model not in known:
+                raise ValueError(
+                    f"unknown pretrained tag {tag!r} of timm model {arch!r} in backbone "
+                    f"{name!r}; valid tags: {[k.partition('.')[2] for k in known]}"
+                )
         return name
     raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)} or 'timm:<model>'")
 
 
 def create_backbone(
-    name: str, init: str = "scratch", weights_path: Path | None = None, seed: int | None = None
+    name: str,
+    init: str = "scratch",
+    weights_path: Path | None = None,
+    seed: int | None = None,
+    ssl_weights: str = "dino",
 ) -> Backbone:
-    """Build a backbone with ``init`` ∈ {"scratch", "natural_sup"}.
+    """Build a backbone with ``init`` ∈ :data:`INITS`.
 
-    ``seed`` fixes the random initialisation (same seed → same weights). ``natural_sup`` loads
-    real weights or raises; it never returns a randomly initialised network.
+    ``seed`` fixes the random initialisation (same seed → same weights). ``natural_sup`` and
+    ``natural_ssl`` load real weights or raise; they never return a randomly initialised
+    network. ``weights_path``: a local file of those weights (``natural_sup``: the backbone's
+    checkpoint, a timm state dict for timm models; ``natural_ssl``: a copy of the release file
+    ``ssl_weights``, a key of :data:`medstudy.weights.SSL_RELEASES`); None = the default file
+    (resnet20_cifar) or a download.
     """
     validate_backbone(name)
-    if init not in ("scratch", "natural_sup"):
-        raise ValueError(f"unknown init {init!r}; valid: ['scratch', 'natural_sup']")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {list(INITS)}")
+    if init == "natural_ssl":
+        release = get_release(ssl_weights)
+        if timm_arch(name) != release.arch:
+            raise WeightsError(
+                f"natural_ssl weights {ssl_weights!r} are a {release.arch}; backbone {name!r} "
+                f"is not (valid: 'timm:{release.arch}')"
+            )
     if seed is not None:
         torch.manual_seed(seed)
     if name.startswith(TIMM_PREFIX):
-        backbone: Backbone = TimmBackbone(name.removeprefix(TIMM_PREFIX), pretrained=False)
+        timm_backbone = TimmBackbone(name.removeprefix(TIMM_PREFIX), pretrained=False)
         if init == "natural_sup":
-            load_timm_weights(backbone, weights_path)  # type: ignore[arg-type]
-        return backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            load_timm_weights(timm_backbone, weights_path)
+        elif init == "natural_ssl":
+            load_release(timm_backbone.model, ssl_weights, weights_path)
+        return timm_backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     spec = BACKBONES[name]
-    backbone = spec.build()
+    backbone: Backbone = spec.build()
     if init == "natural_sup":
         spec.load_natural(backbone, weights_path)
     # NHWC weights, as the inputs (see channels_last); loading a state dict keeps the layout

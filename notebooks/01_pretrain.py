@@ -14,7 +14,8 @@
 # - Loads one dataset through the checked data path (md5 + provenance) and shows examples;
 #   for `synth_lesions` also the ground-truth lesion masks used by claim C7.
 # - Builds the encoder for one **arm**: `scratch` (seeded random init), `natural_sup` (real
-#   natural-image weights), `ssl:<method>` / `natural_sup+ssl:<method>` (in-domain SSL from
+#   natural-image weights), `natural_ssl` (published self-supervised ImageNet ResNet-50:
+#   DINO, SwAV or MoCo v2), `ssl:<method>` / `natural_sup+ssl:<method>` (in-domain SSL from
 #   scratch / from natural weights) or `curriculum` (several SSL methods in sequence).
 # - Shows the batched augmentation (pairs of views) and trains with the one pretraining loop,
 #   monitoring kNN accuracy on val every epoch.
@@ -23,7 +24,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "synth_lesions"  # a key of medstudy.data.INFO, or a MedMNIST-format <name>.npz
-arm: str = "ssl:simclr"  # scratch, natural_sup, ssl:<m>, natural_sup+ssl:<m> or curriculum
+arm: str = "ssl:simclr"  # scratch, natural_sup, natural_ssl, ssl:<m>, natural_sup+ssl:<m>, curriculum
 backbone: str = "resnet20_cifar"  # a key of medstudy.models.BACKBONES, or "timm:<model>"
 image_size: int = 28  # pixels (MedMNIST sizes: 28, 64, 128, 224)
 epochs: int = 1  # pretraining epochs; 0 trains nothing (init only)
@@ -35,6 +36,9 @@ curriculum: list[str] = ["simclr:1", "spark:1"]  # method:epochs stages, used by
 knn_k: int = 20  # neighbours of the kNN monitor
 seed: int = 0  # seeds init, sampling, augmentation and batch order
 device: str = "cpu"  # cpu | cuda | auto (never changed silently)
+natural_weights: str = ""  # local natural_sup checkpoint (path; relative: in the data dir); empty: default
+natural_ssl_weights: str = "dino"  # natural_ssl release: dino, swav or mocov2 (needs timm:resnet50)
+natural_ssl_file: str = ""  # local copy of that release's file (offline); empty: download it
 views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
 knn_every: int = 1  # kNN monitor every n epochs and at each stage's end (display only)
 replicates: list[int] = []  # seeds of the pretraining replicates this job runs ([]: only seed)
@@ -74,8 +78,8 @@ views = plot_views(cfg.dataset, cfg.views_method, n=6, seed=cfg.seed)
 # %% [markdown]
 # ## Pretraining
 # One loop for every method: seeded, checkpointed every epoch (an interrupted run resumes),
-# with an online kNN monitor on val. `scratch` and `natural_sup` train nothing; their kNN
-# accuracy is the baseline the SSL arms have to beat.
+# with an online kNN monitor on val. `scratch`, `natural_sup` and `natural_ssl` train nothing;
+# their kNN accuracy is the baseline the SSL arms have to beat.
 
 # %%
 import pandas as pd

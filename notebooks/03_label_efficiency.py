@@ -53,6 +53,9 @@ pretrain_natural_lr_mult: float = 1.0  # notebook 01 backbone LR factor (natural
 pretrain_max_train: int = 512  # notebook 01 train cap
 pretrain_curriculum: list[str] = ["simclr:1", "spark:1"]  # notebook 01 curriculum stages
 pretrain_seed: int = 0  # seed of the pretrained encoders
+pretrain_natural_weights: str = ""  # notebook 01 natural_weights (local natural_sup checkpoint)
+pretrain_natural_ssl_weights: str = "dino"  # notebook 01 natural_ssl release: dino, swav or mocov2
+pretrain_natural_ssl_file: str = ""  # notebook 01 natural_ssl_file (local release copy; empty: download)
 pretrain_paired: bool = False  # seed s uses the encoder pretrained with seed s (replicates)
 device: str = "cpu"  # cpu, cuda (an error without a GPU) or auto
 

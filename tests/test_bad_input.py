@@ -364,7 +364,16 @@ CASES: list[Case] = [
             dataset="synth_lesions", arm="ssl:spark", image_size=30
         ),
         ConfigError,
-        r"parameter 'image_size'=30: SparK .* multiple of resnet20_cifar's stride 4; valid",
+        r"parameter 'image_size'=30: SparK .* multiple of resnet20_cifar's stride 4 and at "
+        r"least 2x it; valid",
+    ),
+    Case(
+        "image-size-one-spark-patch",  # a 1x1 mask grid keeps no visible patch (NaN gradients)
+        lambda tmp: PretrainConfig.from_params(
+            dataset="synth_lesions", arm="ssl:spark", backbone="timm:resnet18", image_size=32
+        ),
+        ConfigError,
+        r"parameter 'image_size'=32: SparK .* stride 32 and at least 2x it; valid: e.g. \[64, 128, 224\]",
     ),
     Case(
         "image-size-not-a-multiple-of-the-stride-in-a-curriculum",

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     #   attributions and representation statistics
     "medstudy.data": 2,
     "medstudy.models": 2,
+    "medstudy.weights": 2,
     "medstudy.augment": 2,
     "medstudy.ssl": 2,
     "medstudy.evaluate": 2,

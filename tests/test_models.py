@@ -113,14 +113,15 @@ def test_unknown_backbone_and_init_list_valid():
 
 
 def test_timm_offline_needs_a_local_checkpoint(tmp_path):
-    with pytest.raises(WeightsError, match=r"MEDSTUDY_OFFLINE is set; pass weights_path"):
+    with pytest.raises(WeightsError, match=r"MEDSTUDY_OFFLINE is set; give a local timm"):
         create_backbone("timm:resnet18", "natural_sup")
-    # An explicit local checkpoint is the offline path: it loads strictly.
+    # An explicit local timm checkpoint is the offline path: it loads strictly (tests/
+    # test_weights.py checks every tensor and each release layout).
     src = create_backbone("timm:resnet18", seed=1)
     path = tmp_path / "resnet18.pt"
-    save_checkpoint(src, path)
+    torch.save(src.model.state_dict(), path)
     loaded = create_backbone("timm:resnet18", "natural_sup", weights_path=path, seed=2)
-    k = "stages.0.0.weight"
+    k = "model.conv1.weight"
     assert torch.equal(loaded.state_dict()[k], src.state_dict()[k])
     assert loaded.feature_dim == 512 and loaded.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
 

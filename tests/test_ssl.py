@@ -122,6 +122,13 @@ def test_spark_mask_grid_and_ratio(spark: SparK) -> None:
     assert (active.flatten(1).sum(1) == round(49 * 0.4)).all()
 
 
+def test_spark_refuses_a_grid_with_no_visible_patch(spark: SparK) -> None:
+    g = torch.Generator().manual_seed(0)
+    assert spark.random_mask(2, 2, g, torch.device("cpu")).sum() == 2 * 2  # round(4 * 0.4)
+    with pytest.raises(ValueError, match="1x1 mask grid at mask ratio 0.6 leaves no visible"):
+        spark.random_mask(2, 1, g, torch.device("cpu"))
+
+
 def test_spark_encoder_ignores_masked_pixels(spark: SparK) -> None:
     x = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     active = spark.random_mask(4, 7, torch.Generator().manual_seed(1), torch.device("cpu"))
@@ -459,9 +466,9 @@ def test_scratch_arm_saves_its_seeded_init_and_its_knn(
     )
 
 
-def test_natural_ssl_and_missing_gpu_fail_clearly() -> None:
+def test_natural_ssl_offline_and_missing_gpu_fail_clearly() -> None:
     cfg = PretrainConfig(arm="natural_ssl", backbone="timm:resnet50", dataset="synth_lesions")
-    with pytest.raises(NotImplementedError, match="dino_resnet50"):
+    with pytest.raises(WeightsError, match=r"dino_resnet50_pretrain\.pth.*natural_ssl_file"):
         pretrain_stage.pretrain(cfg, progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):

@@ -100,6 +100,9 @@ class RepresentationsConfig(StageConfig):
     pretrain_max_train: int = 512
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
     pretrain_seed: int = 0
+    pretrain_natural_weights: str = ""
+    pretrain_natural_ssl_weights: str = "dino"
+    pretrain_natural_ssl_file: str = ""
     pretrain_paired: bool = False
     device: str = "cpu"
     n_boot: int = field(default=200, metadata={"display": True})  # bootstrap SE of table CIs

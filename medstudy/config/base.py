@@ -12,6 +12,7 @@ from medstudy import arms, paths
 from medstudy.data.info import INFO
 from medstudy.models import validate_backbone
 from medstudy.runtime import DEVICES
+from medstudy.weights import SSL_RELEASES, WeightsError, check_weights_file, weights_file
 
 C = TypeVar("C", bound="StageConfig")
 
@@ -108,6 +109,25 @@ def validate_backbone_name(name: str) -> str:
         return validate_backbone(name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def validate_weights_file(name: str, value: str) -> str:
+    """A local-weights parameter: ``""`` (none), or a file that exists (absolute, or relative
+    to the data dir) and matches its ``checksums.json`` declaration if it has one."""
+    path = weights_file(value)
+    if path is not None:
+        try:
+            check_weights_file(path)
+        except WeightsError as err:
+            raise ConfigError(f"parameter {name!r}: {err}") from None
+    return value
+
+
+def validate_ssl_weights(name: str, value: str) -> str:
+    """A ``natural_ssl`` release: a key of :data:`medstudy.weights.SSL_RELEASES`."""
+    if value not in SSL_RELEASES:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {sorted(SSL_RELEASES)}")
+    return value
 
 
 def validate_device(device: str) -> str:

@@ -17,12 +17,15 @@ from medstudy.config.base import (
     validate_dataset,
     validate_device,
     validate_image_size,
+    validate_ssl_weights,
+    validate_weights_file,
 )
 from medstudy.data.info import INFO
 from medstudy.data.sampling import validate_fraction
 from medstudy.metrics import SELECT_METRICS
-from medstudy.models import backbone_stride
+from medstudy.models import backbone_stride, timm_arch
 from medstudy.ssl import get_method
+from medstudy.weights import SSL_RELEASES
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,15 @@ class PretrainConfig(StageConfig):
     knn_k: int = 20
     seed: int = 0
     device: str = "cpu"
+    # Local weight files (absolute, or relative to MEDSTUDY_DATA_DIR; md5 checked against a
+    # checksums.json declaration, and recorded in the run's inputs). natural_weights: the
+    # natural_sup init's checkpoint (timm models: a timm state_dict; resnet20_cifar: a
+    # resnet20_cifar10.th-format file); "" = timm's download / the data dir's resnet20 file.
+    natural_weights: str = ""
+    # natural_ssl: the release (medstudy.weights.SSL_RELEASES: dino, swav, mocov2) and a local
+    # copy of its file for offline machines ("" = download from its official URL).
+    natural_ssl_weights: str = "dino"
+    natural_ssl_file: str = ""
     # the SSL recipe whose augmented views notebook 01 shows
     views_method: str = field(default="simclr", metadata={"display": True})
     # the kNN monitor runs after every knn_every-th epoch and after each stage's last one; it
@@ -85,21 +97,28 @@ class PretrainConfig(StageConfig):
             arms.parse_curriculum(self.curriculum)
         except ValueError as err:
             raise ConfigError(f"parameter 'curriculum': {err}") from None
-        if self.arm == "natural_ssl" and not self.backbone.startswith("timm:"):
+        validate_weights_file("natural_weights", self.natural_weights)
+        validate_ssl_weights("natural_ssl_weights", self.natural_ssl_weights)
+        validate_weights_file("natural_ssl_file", self.natural_ssl_file)
+        arch = SSL_RELEASES[self.natural_ssl_weights].arch
+        if self.arm == "natural_ssl" and timm_arch(self.backbone) != arch:
             raise ConfigError(
-                "arm 'natural_ssl' (DINO/SwAV/SimCLR ImageNet weights) needs a timm backbone "
-                "and a download; valid backbones for it: timm:resnet50"
+                f"arm 'natural_ssl' ({self.natural_ssl_weights} self-supervised ImageNet "
+                f"weights, a {arch}) needs backbone 'timm:{arch}' (a pretrained tag such as "
+                f"'timm:{arch}.a1_in1k' is the same network), got {self.backbone!r}"
             )
         stages = arms.parse_curriculum(self.curriculum) if self.arm == "curriculum" else ()
         uses_spark = arms.arm_method(self.arm) == "spark" or any(
             st.method == "spark" for st in stages
         )
         stride = backbone_stride(self.backbone)
-        if uses_spark and self.image_size % stride:
+        if uses_spark and (self.image_size % stride or self.image_size < 2 * stride):
+            # a 1x1 grid at mask ratio 0.6 keeps round(0.4) = 0 patches: nothing to encode
             raise ConfigError(
                 f"parameter 'image_size'={self.image_size}: SparK (arm {self.arm!r}) masks the "
                 f"last stage's grid, so the side must be a multiple of {self.backbone}'s stride "
-                f"{stride}; valid: e.g. {[s for s in (28, 32, 64, 128, 224) if s % stride == 0]}"
+                f"{stride} and at least 2x it; valid: e.g. "
+                f"{[s for s in (28, 32, 64, 128, 224) if s % stride == 0 and s >= 2 * stride]}"
             )
 
     def runs(self) -> list[PretrainConfig]:
@@ -150,6 +169,10 @@ class TransferConfig(StageConfig):
     pretrain_max_train: int = 512
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
     pretrain_seed: int = 0
+    # notebook 01's natural weights (PretrainConfig.natural_weights, natural_ssl_*)
+    pretrain_natural_weights: str = ""
+    pretrain_natural_ssl_weights: str = "dino"
+    pretrain_natural_ssl_file: str = ""
     # Pretraining replicates (DESIGN §6): downstream seed s uses the encoder pretrained with
     # seed s, so CIs over seeds cover the pretraining's randomness; False: every seed uses the
     # encoder of pretrain_seed (one pretraining run per arm).
@@ -188,6 +211,9 @@ class TransferConfig(StageConfig):
         ):
             if value not in valid:
                 raise ConfigError(f"unknown {name} {value!r}; valid: {list(valid)}")
+        validate_weights_file("pretrain_natural_weights", self.pretrain_natural_weights)
+        validate_ssl_weights("pretrain_natural_ssl_weights", self.pretrain_natural_ssl_weights)
+        validate_weights_file("pretrain_natural_ssl_file", self.pretrain_natural_ssl_file)
         if len(self.fusion_arms) == 1:
             raise ConfigError("parameter 'fusion_arms' needs >= 2 encoders (or none)")
         for name in ("finetune_epochs", "batch_size", "patience", "finetune_min_steps"):
@@ -221,6 +247,9 @@ class TransferConfig(StageConfig):
             curriculum=self.pretrain_curriculum,
             seed=self.pretrain_seed if seed is None else seed,
             device=self.device,
+            natural_weights=self.pretrain_natural_weights,
+            natural_ssl_weights=self.pretrain_natural_ssl_weights,
+            natural_ssl_file=self.pretrain_natural_ssl_file,
         )
 
 

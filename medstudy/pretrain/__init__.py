@@ -9,8 +9,9 @@ tidy metrics under ``results/pretrain/<run_id>/`` (DESIGN §7)::
     stage<i>_<m>.pt    curriculum only: the backbone after stage i (marks the stage finished)
     lightning/…/last.ckpt   resume points (deleted once the run is DONE)
 
-Arms (:func:`medstudy.arms.arm_plan`): ``scratch`` and ``natural_sup`` train nothing: their seeded random
-init or natural weights are saved, and their kNN accuracy is logged so that "SSL beats random
+Arms (:func:`medstudy.arms.arm_plan`): ``scratch``, ``natural_sup`` and ``natural_ssl`` train
+nothing: their seeded random init or natural weights (``natural_ssl``: the release
+``cfg.natural_ssl_weights``) are saved, and their kNN accuracy is logged so that "SSL beats random
 init" is measurable. ``ssl:<m>`` trains method ``m`` from a seeded random init,
 ``natural_sup+ssl:<m>`` from the natural weights (Srinivasan et al. 2022), and ``curriculum``
 trains the ``cfg.curriculum`` stages one after another on the same backbone (de Andrés Tamé
@@ -89,6 +90,7 @@ from medstudy.runtime import (
     seeded,
 )
 from medstudy.ssl import get_method
+from medstudy.weights import check_weights_file, release_id, weights_file
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -130,6 +132,7 @@ class PretrainData:
     train: Split
     val: Split
     inputs: dict[str, str]  # {input name: md5} for the run id
+    weights: dict[str, str | None] | None = None  # a local natural-weights file's provenance
 
 
 def _split_md5(split: Split) -> str:
@@ -145,27 +148,46 @@ def _split_md5(split: Split) -> str:
 NATURAL_WEIGHT_FILES: dict[str, str] = {"resnet20_cifar": RESNET20_FILE}
 
 
-def _natural_weights_id(backbone: str) -> str:
-    if backbone in NATURAL_WEIGHT_FILES:
-        path = paths.data_dir() / NATURAL_WEIGHT_FILES[backbone]
+def natural_weights_file(cfg: PretrainConfig, init: str) -> Path | None:
+    """The local file of ``init``'s natural weights that ``cfg`` names (``natural_weights``
+    for ``natural_sup``, ``natural_ssl_file`` for ``natural_ssl``), or None."""
+    value = {"natural_sup": cfg.natural_weights, "natural_ssl": cfg.natural_ssl_file}.get(init)
+    return weights_file(value or "")
+
+
+def _natural_weights_id(cfg: PretrainConfig, init: str) -> str:
+    """What identifies the natural weights in the run id: a local file's md5 (checked against
+    its checksums.json declaration), else the default file's md5, the hub model or the
+    release URL. Offline, a download the run would need fails here, before any work."""
+    local = natural_weights_file(cfg, init)
+    if init == "natural_ssl":
+        return release_id(cfg.natural_ssl_weights, local)
+    if local is not None:
+        return str(check_weights_file(local).md5)
+    if cfg.backbone in NATURAL_WEIGHT_FILES:
+        path = paths.data_dir() / NATURAL_WEIGHT_FILES[cfg.backbone]
         if not path.exists():
-            create_backbone(backbone, init="natural_sup")  # raises the WeightsError naming it
+            create_backbone(cfg.backbone, init="natural_sup")  # raises the WeightsError naming it
         return file_md5(path)
-    return f"{backbone}:hub-pretrained"
+    return f"{cfg.backbone}:hub-pretrained"
 
 
 def load_pretrain_data(cfg: PretrainConfig, plan: ArmPlan | None = None) -> PretrainData:
     """The (possibly subsampled) train split, the val split and the run's input md5s."""
     plan = plan or arm_plan(cfg.arm, cfg.epochs, cfg.curriculum)
+    natural: dict[str, str] = {}
+    weights = None
+    if plan.init != "scratch":  # first: unavailable weights fail before the data is read
+        natural["natural_weights"] = _natural_weights_id(cfg, plan.init)
+        local = natural_weights_file(cfg, plan.init)
+        weights = check_weights_file(local).as_dict() if local is not None else None
     train = load_split(cfg.dataset, "train", size=cfg.image_size)
     val = load_split(cfg.dataset, "val", size=cfg.image_size)
     if 0 < cfg.max_train < len(train):
         # Stratified and seeded (multi-label sets: see ``sample_fractions``).
         train = train.subset(sample_fraction(train.labels, cfg.max_train / len(train), cfg.seed))
     inputs = {f"{cfg.dataset}.train": _split_md5(train), f"{cfg.dataset}.val": _split_md5(val)}
-    if plan.init == "natural_sup":
-        inputs["natural_weights"] = _natural_weights_id(cfg.backbone)
-    return PretrainData(train, val, inputs)
+    return PretrainData(train, val, {**inputs, **natural}, weights)
 
 
 def _resume_path(run_dir: Path, stage_index: int, method: str) -> Path:
@@ -231,9 +253,16 @@ def _fit_stage(
 # ---------------------------------------------------------------------------- the API -------
 def _initial_backbone(cfg: PretrainConfig, init: str) -> Backbone:
     """The seeded random init (same as ``create_backbone(name, seed=cfg.seed)``) or the
-    natural weights, without touching the caller's global RNG."""
+    natural weights (from ``cfg``'s local file if it names one), without touching the caller's
+    global RNG."""
     with seeded(cfg.seed):
-        return create_backbone(cfg.backbone, init=init, seed=cfg.seed)
+        return create_backbone(
+            cfg.backbone,
+            init=init,
+            weights_path=natural_weights_file(cfg, init),
+            seed=cfg.seed,
+            ssl_weights=cfg.natural_ssl_weights,
+        )
 
 
 def _init_row(
@@ -303,6 +332,8 @@ def pretrain(
             "train_ids_md5": hashlib.md5("\n".join(data.train.ids).encode()).hexdigest(),
             "stages": [f"{s.method}:{s.epochs}" for s in plan.stages],
         }
+        if data.weights is not None:
+            provenance["natural_weights"] = data.weights
         # Belt and braces: nothing in the loop draws from the global RNGs (see the module doc).
         L.seed_everything(cfg.seed, workers=False, verbose=False)
         with Run(
@@ -384,8 +415,8 @@ def _run_plan(
 def load_encoder(cfg: PretrainConfig) -> Backbone:
     """The encoder of ``cfg``'s arm, in eval-ready form (CPU).
 
-    ``scratch``: the seeded random init; ``natural_sup``: the natural-image weights (neither
-    needs a run). Any trained arm: the checkpoint of its finished pretraining run, or an error
+    ``scratch``: the seeded random init; ``natural_sup`` / ``natural_ssl``: the natural-image
+    weights (none of them needs a run). Any trained arm: the checkpoint of its finished pretraining run, or an error
     saying how to produce it.
     """
     plan = arm_plan(cfg.arm, cfg.epochs, cfg.curriculum)

@@ -189,6 +189,11 @@ class SparK(SSLMethod):
     ) -> torch.Tensor:
         """(N,1,g,g) bool, True = visible; exactly ``round(g²·(1-ratio))`` visible per image."""
         keep = round(grid * grid * (1 - self.mask_ratio))
+        if keep < 1:  # everything masked: no visible patch to encode, NaN gradients
+            raise ValueError(
+                f"SparK: a {grid}x{grid} mask grid at mask ratio {self.mask_ratio} leaves no "
+                "visible patch; use images of at least 2x the backbone's stride per side"
+            )
         noise = torch.rand(n, grid * grid, generator=generator, device=generator.device)
         idx = noise.argsort(dim=1)[:, :keep].to(device)
         active = torch.zeros(n, grid * grid, dtype=torch.bool, device=device)
