@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec
-from medstudy.ssl.spark import SPARK_LAMB
+from medstudy.ssl.spark import SPARK_LAMB, SPARK_LAMB_AT_IMAGENET_LR
 
 
 def _no_hflip(spec: MethodSpec) -> MethodSpec:
@@ -65,7 +65,7 @@ QUESTIONS: dict[str, Question] = {
         {
             "lamb 2e-4 x b/256 (SparK)": lambda s: replace(s, optim=SPARK_LAMB),
             "lamb 3.2e-3 (SparK's ImageNet LR)": lambda s: replace(
-                s, optim=replace(SPARK_LAMB, base_lr=3.2e-3, base_batch=128)
+                s, optim=SPARK_LAMB_AT_IMAGENET_LR
             ),
             "sgd 0.06 x b/128 (lightly)": lambda s: replace(s, optim=LIGHTLY_CIFAR10_SGD),
         },

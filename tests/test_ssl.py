@@ -583,6 +583,15 @@ def test_recipes_follow_their_sources() -> None:
     assert (o.name, o.base_lr, o.base_batch, o.weight_decay) == ("adam", 1e-3, 128, 1e-6)
     assert (SPARK_LAMB.name, SPARK_LAMB.base_lr, SPARK_LAMB.base_batch) == ("lamb", 2e-4, 256)
     assert (SPARK_LAMB.weight_decay, SPARK_LAMB.betas) == (0.04, (0.9, 0.95))
+    # chosen on val: SparK's LAMB at its ImageNet LR (3.2e-3) as the LR at batch 128
+    o = METHODS["spark"].optim
+    assert (o.name, o.base_lr, o.base_batch, o.weight_decay, o.betas) == (
+        "lamb",
+        3.2e-3,
+        128,
+        0.04,
+        (0.9, 0.95),
+    )
 
 
 def test_curriculum_stages_use_their_own_method_lr() -> None:
