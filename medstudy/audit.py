@@ -1,7 +1,7 @@
 """Audit a results tree without changing it: ``python -m medstudy.audit [--results DIR]``.
 
-Every run folder ``<results>/<stage>/<run_id>/`` (``executed/``, ``paper/``, ``slurm/`` are not
-stages) must be finished (DONE), with a parseable config and a manifest holding MANIFEST_KEYS
+Every run folder ``<results>/<stage>/<run_id>/`` (``executed/``, ``paper/``, ``slurm/`` and the
+image ``cache/`` are not stages) must be finished (DONE), with a parseable config and a manifest holding MANIFEST_KEYS
 whose ``run_id``/``stage`` are the folder's (for a :func:`copy_run` copy: its origin's) and whose
 config hash is the run id; the data files its manifest names must keep their md5 (a file not
 found is only a warning); its tables must parse, and it holds predictions when the other runs of
@@ -42,8 +42,9 @@ from medstudy.results import (
 )
 
 ERROR, WARN = "error", "warn"
-#: Folders of the results root that are not stages (notebooks, the paper, submitit logs).
-NOT_STAGES = frozenset({"executed", "paper", "slurm"})
+#: Folders of the results root that are not stages (notebooks, the paper, submitit logs, the
+#: decoded-image cache of medstudy.data.cache).
+NOT_STAGES = frozenset({"executed", "paper", "slurm", "cache"})
 CLAIMS_FILE = "claims.csv"
 PARTIAL_NOTEBOOK = ".partial.ipynb"
 

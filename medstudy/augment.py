@@ -42,7 +42,7 @@ from medstudy.data.tensors import to_float, to_model_input
 # flip − flip: −0.011 [−0.022, +0.001] and −0.004 [−0.011, +0.004]); the rule keeps the
 # paper's recipe unless the alternative is better on val.
 ROTATION_INVARIANT_DATASETS: frozenset[str] = frozenset(
-    {"pcam28_subset", "pathmnist", "dermamnist", "bloodmnist", "tissuemnist"}
+    {"pcam", "pcam28_subset", "pathmnist", "dermamnist", "bloodmnist", "tissuemnist"}
 )
 
 # ITU-R BT.601 luma weights, with torchvision's rounding (rgb_to_grayscale).

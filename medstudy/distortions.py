@@ -374,6 +374,7 @@ DATASET_MODALITY: dict[str, str] = {
     "synth_lesions": "fundus",
     "pathmnist": "pathology",
     "pcam28_subset": "pathology",
+    "pcam": "pathology",
 }
 
 

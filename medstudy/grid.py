@@ -47,8 +47,7 @@ from medstudy.config import (
     TransferConfig,
     validate_dataset,
 )
-from medstudy.data.info import INFO
-from medstudy.data.loaders import file_md5
+from medstudy.data.loaders import DataFileError, dataset_inputs
 from medstudy.locks import hold_lock
 from medstudy.results import now_iso, write_json
 
@@ -286,16 +285,6 @@ def downstream_seeds(spec: dict[str, Any], dataset: str) -> list[int]:
     return sorted(seeds)
 
 
-def dataset_inputs(dataset: str | None, image_size: int) -> dict[str, str]:
-    """md5 of the dataset file (the job's data input); generated sets have none."""
-    if dataset is None:
-        return {}
-    info = INFO.get(dataset)
-    name = info.filename(image_size) if info else f"{dataset}.npz"
-    path = paths.data_dir() / name
-    return {name: file_md5(path)} if path.exists() else {}
-
-
 def job_hash(job: Job, root: Path) -> str:
     notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
     upstream = {}
@@ -431,7 +420,8 @@ def run(
 
 
 def validate_jobs(jobs: Sequence[Job]) -> None:
-    """Check every job's parameters against its stage config before any work."""
+    """Check every job's parameters against its stage config, and read each dataset's identity
+    (a bad manifest fails here, naming the CSV line, not in notebook 01), before any work."""
     for job in jobs:
         if job.notebook not in NOTEBOOKS:
             raise GridError(f"{job.notebook}: no such notebook in this version of medstudy")
@@ -441,6 +431,12 @@ def validate_jobs(jobs: Sequence[Job]) -> None:
             raise GridError(f"profile job {job.name}: {err}") from None
         if not (paths.notebooks_dir() / f"{job.notebook}.ipynb").exists():
             raise GridError(f"notebook missing: {paths.notebooks_dir() / job.notebook}.ipynb")
+    pairs = {(j.dataset, int(j.params.get("image_size", 28))) for j in jobs if j.dataset}
+    for ds, size in sorted(pairs):
+        try:
+            dataset_inputs(ds, size)
+        except DataFileError as err:
+            raise GridError(f"dataset {ds!r}: {err}") from None
 
 
 def run_slurm(
@@ -477,9 +473,12 @@ def run_slurm(
     return 0
 
 
-def absolutise_env_dirs(
-    names: Sequence[str] = ("MEDSTUDY_DATA_DIR", "MEDSTUDY_RESULTS_DIR", "MEDSTUDY_PARAMS_DIR"),
-) -> None:
+ENV_DIRS = (
+    "MEDSTUDY_DATA_DIR", "MEDSTUDY_RESULTS_DIR", "MEDSTUDY_PARAMS_DIR", "MEDSTUDY_CACHE_DIR",
+)  # fmt: skip
+
+
+def absolutise_env_dirs(names: Sequence[str] = ENV_DIRS) -> None:
     """Rewrite relative ``MEDSTUDY_*_DIR`` variables as absolute paths (against this cwd)."""
     for name in names:
         value = os.environ.get(name, "").strip()

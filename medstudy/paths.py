@@ -1,8 +1,9 @@
-"""Every path of the study, derived from the repo root and three environment variables.
+"""Every path of the study, derived from the repo root and four environment variables.
 
 - ``MEDSTUDY_DATA_DIR``: where dataset files and offline weights live (default ``<repo>/data``).
 - ``MEDSTUDY_RESULTS_DIR``: where runs are written (default ``<repo>/results``).
 - ``MEDSTUDY_PARAMS_DIR``: where profiles are read (default ``<repo>/params``).
+- ``MEDSTUDY_CACHE_DIR``: decoded-image caches (default ``<results>/cache``).
 
 Relative values of any of them are resolved against the current working directory at call
 time, so ``MEDSTUDY_DATA_DIR=../shared/data ./run_all.sh`` means what it says.
@@ -39,6 +40,13 @@ def results_dir() -> Path:
     JupyterLab write to ``results/`` itself.
     """
     return _env_dir("MEDSTUDY_RESULTS_DIR", REPO_ROOT / "results")
+
+
+def cache_dir() -> Path:
+    """Decoded-image caches of the manifest and PCam datasets (``medstudy.data.cache``):
+    ``MEDSTUDY_CACHE_DIR``, default ``<results>/cache``. Point several results roots (profiles)
+    at one folder to decode a large dataset once for all of them."""
+    return _env_dir("MEDSTUDY_CACHE_DIR", results_dir() / "cache")
 
 
 def stage_dir(stage: str) -> Path:

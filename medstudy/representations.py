@@ -180,7 +180,7 @@ def run_representations(cfg: RepresentationsConfig) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     sample = sample_split(cfg)
     units = plan_units(cfg, device)
-    images = TensorSplit.from_split(sample, device).images
+    images = TensorSplit.from_split(sample, device, lazy=False).images  # views of all
     inputs = {f"{cfg.dataset}.test": sample.provenance.md5 or sample.provenance.source or ""}
     views: list[torch.Tensor] | None = None
     frames = []

@@ -98,7 +98,7 @@ def run_robustness(cfg: RobustnessConfig) -> pd.DataFrame:
     test = test_split(cfg)
     conditions = suite(cfg, test.info.n_channels)
     sources = {(arm, seed): source_unit(cfg, arm, seed) for arm in cfg.arms for seed in cfg.seeds}
-    images = TensorSplit.from_split(test, device).images
+    images = TensorSplit.from_split(test, device, lazy=False).images  # distorted whole
     inputs = {f"{cfg.dataset}.test": test.provenance.md5 or test.provenance.source}
     frames = []
     # The distorted test sets are the same for every unit (the generator depends on the

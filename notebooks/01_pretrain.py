@@ -73,7 +73,7 @@ examples = plot_dataset_examples(cfg.dataset, cfg.image_size, n=8, seed=cfg.seed
 # %%
 from medstudy.pretrain import plot_views
 
-views = plot_views(cfg.dataset, cfg.views_method, n=6, seed=cfg.seed)
+views = plot_views(cfg.dataset, cfg.views_method, n=6, seed=cfg.seed, size=cfg.image_size)
 
 # %% [markdown]
 # ## Pretraining

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 from medstudy import arms, paths
 from medstudy.data.info import INFO
+from medstudy.data.manifest import manifest_file
 from medstudy.models import validate_backbone
 from medstudy.runtime import DEVICES
 from medstudy.weights import SSL_RELEASES, WeightsError, check_weights_file, weights_file
@@ -72,12 +73,16 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
 
 
 def validate_dataset(name: str) -> str:
-    """A dataset must be in INFO or be a ``<name>.npz`` in the data dir."""
+    """A dataset must be in INFO, or be a ``<name>.npz`` or a manifest ``<name>.csv`` in the
+    data dir (the manifest's rows are checked when it is loaded, and by the grid before any
+    job runs)."""
     if name in INFO or (paths.data_dir() / f"{name}.npz").exists():
+        return name
+    if manifest_file(name).exists():
         return name
     raise ConfigError(
         f"unknown dataset {name!r}; valid: {sorted(INFO)} "
-        f"or any MedMNIST-format <name>.npz in {paths.data_dir()}"
+        f"or any MedMNIST-format <name>.npz or manifest <name>.csv in {paths.data_dir()}"
     )
 
 

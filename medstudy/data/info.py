@@ -1,15 +1,18 @@
 """The INFO table: one row per dataset, driving loaders, md5 checks, heads and metric choice.
 
 It covers every 2-D MedMNIST flag (read from the ``medmnist`` package's own INFO, so a new
-MedMNIST release adds rows with no code change), plus two study-specific sets:
+MedMNIST release adds rows with no code change), plus three study-specific sets:
 
 - ``pcam28_subset``: a class-balanced 28 px subset of PatchCamelyon (not a MedMNIST flag; the
   offline stand-in for the PCam task, see ``data/README.md``);
+- ``pcam``: the full PatchCamelyon h5 files of ``torchvision.datasets.PCAM`` at any size
+  (:mod:`medstudy.data.pcam`);
 - ``synth_lesions``: procedurally generated fundus-like images with ground-truth lesion masks
   (``medstudy.data.synth``), always available.
 
-A MedMNIST-format ``<name>.npz`` that is in none of these tables still loads by name: its row is
-inferred from the file (see :func:`medstudy.data.loaders.load_split`).
+A MedMNIST-format ``<name>.npz`` or a manifest ``<name>.csv`` (:mod:`medstudy.data.manifest`)
+that is in none of these tables still loads by name: its row is inferred from the file (see
+:func:`medstudy.data.loaders.load_split`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class DatasetInfo:
 
     ``md5`` maps image size to the official md5 of ``<name>[_<size>].npz``; ``url`` likewise.
     ``n_samples`` is the official split size, checked on load. ``source`` is ``"medmnist"``,
-    ``"study"`` (shipped offline, not downloadable) or ``"generated"``.
+    ``"study"`` (shipped offline, not downloadable), ``"torchvision"`` (PCam), ``"generated"``,
+    or, for rows inferred from a file, ``"local"`` (npz) or ``"manifest"``.
     """
 
     name: str
@@ -130,9 +134,28 @@ SYNTH_LESIONS = DatasetInfo(
     ),
 )
 
+PCAM = DatasetInfo(
+    name="pcam",
+    task="binary-class",
+    n_channels=3,
+    labels={"0": "no tumour", "1": "tumour in the centre 32x32 region"},
+    n_samples={"train": 262144, "val": 32768, "test": 32768},
+    # The h5 files have no published md5 (torchvision's md5s are of the .h5.gz archives); the
+    # loader hashes them into the run ids (medstudy.data.pcam).
+    md5={},
+    url={},
+    license="CC0 (PatchCamelyon)",
+    source="torchvision",
+    description=(
+        "PatchCamelyon (Veeling et al. 2018): 96x96 H&E lymph-node patches, the h5 files of "
+        "torchvision.datasets.PCAM, resized into the image cache at the requested size."
+    ),
+)
+
 INFO: dict[str, DatasetInfo] = {
     **_medmnist_rows(),
     PCAM28_SUBSET.name: PCAM28_SUBSET,
+    PCAM.name: PCAM,
     SYNTH_LESIONS.name: SYNTH_LESIONS,
 }
 
@@ -152,7 +175,7 @@ def get_info(name: str, columns: Iterable[str] | None = None) -> DatasetInfo:
         return _info_from_prediction_columns(name, list(columns))
     raise ValueError(
         f"unknown dataset {name!r}; valid: {sorted(INFO)} "
-        "(or any MedMNIST-format <name>.npz placed in MEDSTUDY_DATA_DIR)"
+        "(or any MedMNIST-format <name>.npz or manifest <name>.csv placed in MEDSTUDY_DATA_DIR)"
     )
 
 

@@ -12,85 +12,42 @@ Provenance rules (DESIGN §4):
 - otherwise → :class:`DataFileError`. Never a silent substitute.
 - A name in no table (a student's own MedMNIST-format file) has no official md5; it is accepted,
   recorded as ``undeclared`` with its md5, and a warning says how to declare it.
+
+:func:`load_split` is the one entry point for every dataset: it also dispatches ``pcam`` to
+:mod:`medstudy.data.pcam`, a name in no table with a ``<name>.csv`` in the data dir to the
+manifest loader (:mod:`medstudy.data.manifest`; a name with both a csv and an npz is an error),
+and ``synth_lesions`` to its generator.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from medstudy import paths
-from medstudy.data.info import INFO, SPLITS, DatasetInfo
+from medstudy.data.base import (
+    OFFLINE_ENV,
+    DataFileError,
+    Provenance,
+    Split,
+    download_timeout,
+    md5_of_file,
+    offline,
+)
+from medstudy.data.info import INFO, MEDMNIST_SIZES, SPLITS, DatasetInfo
+from medstudy.data.manifest import dataset_info as manifest_dataset_info
+from medstudy.data.manifest import fingerprint as manifest_fingerprint
+from medstudy.data.manifest import load_manifest_split, manifest_file
+from medstudy.data.pcam import NAME as PCAM_NAME
+from medstudy.data.pcam import fingerprint as pcam_fingerprint
+from medstudy.data.pcam import load_pcam_split
 
-OFFLINE_ENV = "MEDSTUDY_OFFLINE"
 CHECKSUMS_FILE = "checksums.json"
-
-
-class DataFileError(RuntimeError):
-    """A data file is missing, corrupt, of the wrong md5 or of the wrong shape.
-
-    The message always names the file.
-    """
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where a split came from; written into run manifests."""
-
-    file: str | None
-    md5: str | None
-    status: str  # "official" | "declared-non-official" | "undeclared" | "generated"
-    source: str
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"file": self.file, "md5": self.md5, "status": self.status, "source": self.source}
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of one dataset, fully in memory.
-
-    ``images``: uint8 (N, H, W, C), grey has C=1. ``labels``: int64 (N,) or (N, L) for
-    multi-label. ``ids``: stable string ids ``"<name>:<split>:<index>"`` used to pair predictions.
-    """
-
-    name: str
-    split: str
-    images: np.ndarray
-    labels: np.ndarray
-    ids: np.ndarray
-    info: DatasetInfo
-    provenance: Provenance
-    extras: dict[str, object] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, indices: np.ndarray) -> Split:
-        """The same split restricted to ``indices`` (ids are kept, so pairing still works)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        extras = {
-            k: (v[idx] if isinstance(v, np.ndarray) and len(v) == len(self) else v)
-            for k, v in self.extras.items()
-        }
-        return Split(
-            self.name,
-            self.split,
-            self.images[idx],
-            self.labels[idx],
-            self.ids[idx],
-            self.info,
-            self.provenance,
-            extras,
-        )
 
 
 def file_md5(path: Path) -> str:
@@ -101,11 +58,7 @@ def file_md5(path: Path) -> str:
 
 @lru_cache(maxsize=64)
 def _md5_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return md5_of_file(Path(path))
 
 
 def read_checksums(data_dir: Path) -> dict[str, dict[str, object]]:
@@ -155,20 +108,14 @@ def download_medmnist(info: DatasetInfo, size: int, root: Path) -> Path:
 
     Tests monkeypatch this function; setting ``MEDSTUDY_OFFLINE=1`` skips the attempt.
     """
-    import socket
-
     import medmnist
 
     root.mkdir(parents=True, exist_ok=True)
     from medmnist import INFO as MEDMNIST_INFO
 
     cls = getattr(medmnist, MEDMNIST_INFO[info.name]["python_class"])
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # fail fast offline instead of hanging on a dead socket
-    try:
+    with download_timeout():
         cls(split="test", download=True, root=str(root), size=size)
-    finally:
-        socket.setdefaulttimeout(old_timeout)
     return root / info.filename(size)
 
 
@@ -194,7 +141,7 @@ def resolve_file(info: DatasetInfo, size: int = 28, data_dir: Path | None = None
         return path
     if info.source != "medmnist" or size not in info.url:
         raise _missing_file_error(info, path, size, "it cannot be downloaded automatically")
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+    if offline():
         raise _missing_file_error(info, path, size, f"{OFFLINE_ENV} is set, no download tried")
     try:
         download_medmnist(info, size, root)
@@ -298,14 +245,19 @@ def load_split(name: str, split: str, size: int = 28, data_dir: Path | None = No
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     if name == "synth_lesions":
         return _synth_split(split, size)
+    if name == PCAM_NAME:
+        return load_pcam_split(split, size, data_dir)
     root = data_dir or paths.data_dir()
     info = INFO.get(name)
     if info is None:
         path = root / (f"{name}.npz" if size == 28 else f"{name}_{size}.npz")
+        if _is_manifest(name, root):
+            return load_manifest_split(name, split, size, root)
         if not path.exists():
             raise ValueError(
-                f"unknown dataset {name!r}: not in the INFO table and no {path.name} in the data "
-                f"dir {root}. Valid: {sorted(INFO)}, or any MedMNIST-format <name>.npz placed there."
+                f"unknown dataset {name!r}: not in the INFO table and no {path.name} or "
+                f"{manifest_file(name, root).name} in the data dir {root}. Valid: {sorted(INFO)}, "
+                "or any MedMNIST-format <name>.npz or manifest <name>.csv placed there."
             )
         provenance = check_file(path, None)
         arrays = _read_npz(str(path), provenance.md5 or "")
@@ -336,6 +288,50 @@ def load_split(name: str, split: str, size: int = 28, data_dir: Path | None = No
     images, labels = _standardise(path, info, split, arrays, size)
     ids = np.array([f"{name}:{split}:{i:06d}" for i in range(len(labels))])
     return Split(name, split, images, labels, ids, info, provenance)
+
+
+def _is_manifest(name: str, root: Path) -> bool:
+    """Whether ``name`` (not in INFO) is a manifest dataset; a name with both a ``.npz`` and a
+    ``.csv`` is ambiguous and an error."""
+    csv = manifest_file(name, root)
+    if not csv.exists():
+        return False
+    sizes = MEDMNIST_SIZES[1:]
+    npz = [f for f in (f"{name}.npz", *(f"{name}_{s}.npz" for s in sizes)) if (root / f).exists()]
+    if npz:
+        raise DataFileError(
+            f"{csv}: dataset {name!r} is both a manifest and {npz} in {root}; rename one"
+        )
+    return True
+
+
+def dataset_info(name: str, data_dir: Path | None = None) -> DatasetInfo:
+    """The INFO row of ``name``, inferred from its file for a name in no table (a manifest is
+    read without decoding its images)."""
+    root = data_dir or paths.data_dir()
+    if name in INFO:
+        return INFO[name]
+    if _is_manifest(name, root):
+        return manifest_dataset_info(name, root)
+    return load_split(name, "test", data_dir=root).info
+
+
+def dataset_inputs(name: str | None, size: int, data_dir: Path | None = None) -> dict[str, str]:
+    """What identifies ``name``'s data at ``size`` in a job hash: ``{file name: md5}`` of its
+    npz, the content key of a manifest (rows, every image's md5, size, decoder), the md5s of the
+    PCam h5 files; ``{}`` for generated data or a file not there yet (the job then fetches it).
+    A bad manifest raises :class:`DataFileError` here, before any job runs."""
+    if name is None or name == "synth_lesions":
+        return {}
+    root = data_dir or paths.data_dir()
+    if name == PCAM_NAME:
+        return pcam_fingerprint(size, root)
+    info = INFO.get(name)
+    if info is None and _is_manifest(name, root):
+        return manifest_fingerprint(name, size, root)
+    file = info.filename(size) if info else f"{name}.npz"
+    path = root / file
+    return {file: file_md5(path)} if path.exists() else {}
 
 
 SYNTH_SEED = 20231  # fixed: synth_lesions is one data set, not a per-run draw

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from medstudy.data.info import INFO, DatasetInfo
-from medstudy.data.loaders import load_split
+from medstudy.data.info import DatasetInfo
+from medstudy.data.loaders import dataset_info
 from medstudy.figures.base import ARM_ORDER, _only, ordered, primary_metric
 from medstudy.metrics import METRICS
 
@@ -28,9 +28,9 @@ def _robustness_means(metrics: pd.DataFrame, metric: str | None) -> tuple[pd.Dat
 
 
 def _dataset_info(name: str) -> DatasetInfo:
-    """INFO's row, or for a MedMNIST-format file dropped into the data dir (in no table) the
-    row the loader infers from its arrays: the tidy metrics name the dataset, not its task."""
-    return INFO[name] if name in INFO else load_split(name, "test").info
+    """INFO's row, or for a MedMNIST-format file or a manifest dropped into the data dir (in no
+    table) the row the loader infers from it: the tidy metrics name the dataset, not its task."""
+    return dataset_info(name)
 
 
 def plot_severity_curves(metrics: pd.DataFrame, metric: str | None = None) -> Figure:

@@ -13,12 +13,13 @@ from medstudy.runtime import make_generator
 from medstudy.ssl import get_method
 
 
-def plot_views(dataset: str, method: str, n: int = 6, seed: int = 0) -> Figure:
-    """The first ``n`` train images of ``dataset`` (top row) and each of ``method``'s views of
-    them (one row per view), as the method's recipe makes them for this dataset."""
+def plot_views(dataset: str, method: str, n: int = 6, seed: int = 0, size: int = 28) -> Figure:
+    """The first ``n`` train images of ``dataset`` at ``size`` px (top row) and each of
+    ``method``'s views of them (one row per view), as the method's recipe makes them for this
+    dataset (at the run's size: a manifest or PCam dataset is decoded once per size)."""
 
     spec = get_method(method)
-    split = load_split(dataset, "train")
+    split = load_split(dataset, "train", size)
     recipe = recipe_for_dataset(spec.recipe, dataset, split.info.n_channels)
     images = TensorSplit.from_split(split.subset(np.arange(min(n, len(split))))).images
     views = make_views(images, recipe, make_generator("cpu", seed), model_input=False)

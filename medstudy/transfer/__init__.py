@@ -169,7 +169,7 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
                     scores, details = evaluate_unit(ctx)
                     rows, preds = [], []
                     for s in EVAL_SPLITS:
-                        split = ctx.split(s)
+                        y, ids = ctx.labels(s), ctx.ids(s)
                         base = {
                             "stage": stage,
                             "dataset": cfg.dataset,
@@ -177,18 +177,16 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
                             "seed": unit.seed,
                             "split": s,
                         }
-                        values = compute_metrics(
-                            info.task, split.labels, scores[s], info.n_classes, info.name
-                        )
+                        values = compute_metrics(info.task, y, scores[s], info.n_classes, info.name)
                         rows.extend(metric_rows(base, values))
-                        preds.append(predictions_frame(base, split.ids, split.labels, scores[s]))
+                        preds.append(predictions_frame(base, ids, y, scores[s]))
                     run.log_metrics(rows)
                     run.save_predictions(pd.concat(preds, ignore_index=True))
                     details.update(
                         pretrain={a: bank.encoder(a, unit.seed).pretrain for a in unit.arms},
                         n_train=int(len(sub["train"])),
                         n_train_pool=len(pool),
-                        n_val=len(ctx.split("val")),
+                        n_val=len(ctx.labels("val")),
                         seconds=round(time.perf_counter() - t0, 3),
                     )
                     run.save_details(details)

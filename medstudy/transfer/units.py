@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medstudy.config import TransferConfig
-from medstudy.data import Split, TensorSplit, sample_fractions
+from medstudy.data import TensorSplit, sample_fractions
 from medstudy.data.info import DatasetInfo
 from medstudy.evaluate.dvme import DVME_SETTINGS, train_dvme
 from medstudy.evaluate.finetune import TrainSettings, finetune, predict_split
@@ -179,13 +179,19 @@ class UnitContext:
     subsets: dict[str, np.ndarray]
     device: torch.device
 
-    def split(self, name: str) -> Split:
-        """The unit's view of split ``name`` (its subset, or the whole split)."""
-        whole = self.data.splits[name]
-        return whole.subset(self.subsets[name]) if name in self.subsets else whole
+    def tensors(self, name: str) -> TensorSplit:
+        """The unit's view of split ``name`` as a :class:`TensorSplit`; a memory-mapped split
+        stays lazy (its subset selects rows, reading none)."""
+        return TensorSplit.from_split(
+            self.data.splits[name], self.device, indices=self.subsets.get(name)
+        )
 
     def labels(self, name: str) -> np.ndarray:
         whole = self.data.splits[name].labels
+        return whole[self.subsets[name]] if name in self.subsets else whole
+
+    def ids(self, name: str) -> np.ndarray:
+        whole = self.data.splits[name].ids
         return whole[self.subsets[name]] if name in self.subsets else whole
 
     def features(self, split: str, arm: str | None = None) -> np.ndarray:
@@ -222,8 +228,8 @@ def _knn(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
 def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
     unit, info, device = ctx.unit, ctx.data.info, ctx.device
     backbone = copy.deepcopy(ctx.bank.encoder(unit.arm, unit.seed).backbone)
-    tensors = {s: TensorSplit.from_split(ctx.split(s), device) for s in EVAL_SPLITS}
-    train = TensorSplit.from_split(ctx.split("train"), device)
+    tensors = {s: ctx.tensors(s) for s in EVAL_SPLITS}
+    train = ctx.tensors("train")
     settings = TrainSettings(**unit.params)
     # the run folder keeps a per-epoch history.csv and resume checkpoint: a killed unit
     # resumes after its last finished epoch (run_transfer removes the checkpoint once the unit
