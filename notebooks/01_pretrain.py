@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "synth_lesions"  # a key of medstudy.data.INFO, or a MedMNIST-format <name>.npz
-arm: str = "ssl:simclr"  # scratch, natural_sup, natural_ssl, ssl:<m>, natural_sup+ssl:<m>, curriculum
+arm: str = "ssl:simclr"  # scratch natural_sup natural_ssl ssl:<m> natural_sup+ssl:<m> curriculum
 backbone: str = "resnet20_cifar"  # a key of medstudy.models.BACKBONES, or "timm:<model>"
 image_size: int = 28  # pixels (MedMNIST sizes: 28, 64, 128, 224)
 epochs: int = 1  # pretraining epochs; 0 trains nothing (init only)
@@ -36,7 +36,7 @@ curriculum: list[str] = ["simclr:1", "spark:1"]  # method:epochs stages, used by
 knn_k: int = 20  # neighbours of the kNN monitor
 seed: int = 0  # seeds init, sampling, augmentation and batch order
 device: str = "cpu"  # cpu | cuda | auto (never changed silently)
-natural_weights: str = ""  # local natural_sup checkpoint (path; relative: in the data dir); empty: default
+natural_weights: str = ""  # local natural_sup checkpoint (relative: in the data dir; "": default)
 natural_ssl_weights: str = "dino"  # natural_ssl release: dino, swav or mocov2 (needs timm:resnet50)
 natural_ssl_file: str = ""  # local copy of that release's file (offline); empty: download it
 views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
