@@ -495,8 +495,14 @@ def main() -> None:
                 f"{row['wall_s']:.0f} s",
                 flush=True,
             )
-    meta = {
-        "dataset": args.dataset,
+    print_json(args, rows, results, dataset=args.dataset)
+
+
+def print_json(
+    args: argparse.Namespace, rows: list[dict[str, Any]], results: Path, **meta: Any
+) -> None:
+    """The last line of a 300-step bench: its budget, versions and rows as one JSON object."""
+    meta |= {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "max_train": args.max_train,

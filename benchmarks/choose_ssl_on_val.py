@@ -29,8 +29,6 @@ figures are in ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import tempfile
 import time
@@ -115,7 +113,7 @@ def train_option(
 
 
 def main() -> None:
-    from bench_ssl_reference import parse_budget, read_encoder, val_scores
+    from bench_ssl_reference import parse_budget, print_json, read_encoder, val_scores
 
     from medstudy.config import PretrainConfig
     from medstudy.data import TensorSplit
@@ -176,17 +174,7 @@ def main() -> None:
         winners = [r for r in rows if r["question"] == question and r["beats_default"]]
         best = max(winners, key=lambda r: r["knn_final"] + r["linear_final"], default=None)
         print(f"{question}: chosen on val → {best['option'] if best else q.default}", flush=True)
-    meta = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "max_train": args.max_train,
-        "seed": args.seed,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "results": str(root),
-    }
-    print(json.dumps({"meta": meta, "rows": rows}, default=lambda v: None if math.isnan(v) else v))
+    print_json(args, rows, root, dataset="pneumoniamnist")
 
 
 if __name__ == "__main__":
