@@ -353,29 +353,28 @@ def val_scores(
     return {"knn": votes[:, 1], "linear": probe.predict_scores(f_va)[:, 1]}
 
 
+def init_baselines(
+    init: nn.Module, train: Any, val: Any, info: Any, k: int, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Val scores of the random init as it is (``""``) and BN-recalibrated (``"_bn"``): the
+    two baselines every encoder trained from ``init`` is read against (computed once)."""
+    nets = {"": init, "_bn": recalibrated(init, train)}
+    return {tag: val_scores(net, train, val, info, k, seed) for tag, net in nets.items()}
+
+
 def read_encoder(
-    encoder: nn.Module,
-    init: nn.Module,
-    train: Any,
-    val: Any,
-    info: Any,
-    k: int,
-    seed: int,
-    scores: dict[str, np.ndarray] | None = None,
+    scores: dict[str, np.ndarray], baselines: dict[str, dict[str, np.ndarray]], val: Any
 ) -> dict[str, float]:
-    """kNN and linear-probe val AUC of ``encoder`` (or of its precomputed ``scores``), each
-    paired (DeLong) with the init's (``{kind}_*``) and with the BN-recalibrated init's
-    (``{kind}_bn_*``)."""
+    """An encoder's kNN and linear-probe val ``scores`` (:func:`val_scores`), each paired
+    (DeLong) with the init's (``{kind}_*``) and with the BN-recalibrated init's
+    (``{kind}_bn_*``) from :func:`init_baselines`."""
     from medstudy.stats import delong_test
 
     y_va = val.labels.cpu().numpy().reshape(-1)
-    nets = [recalibrated(init, train), init]
-    final = scores or val_scores(encoder, train, val, info, k, seed)
-    bn_s, raw_s = (val_scores(net, train, val, info, k, seed) for net in nets)
     out: dict[str, float] = {}
     for kind in ("knn", "linear"):
-        final_k, raw, bn = final[kind], raw_s[kind], bn_s[kind]
-        for name, base in ((kind, raw), (f"{kind}_bn", bn)):
+        for tag, base_scores in baselines.items():
+            name, final_k, base = f"{kind}{tag}", scores[kind], base_scores[kind]
             res = delong_test(y_va, final_k, base)
             out.update(
                 {
@@ -410,6 +409,11 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     train, val = TensorSplit.from_split(data.train), TensorSplit.from_split(data.val)
     info = data.train.info
     init = create_backbone(cfg.backbone, seed=cfg.seed)
+    baselines = init_baselines(init, train, val, info, args.knn_k, args.seed)
+
+    def read(encoder: nn.Module) -> dict[str, np.ndarray]:
+        return val_scores(encoder, train, val, info, args.knn_k, args.seed)
+
     steps = args.epochs * (len(train) // args.batch_size)
     rows = []
     t0 = time.perf_counter()
@@ -424,7 +428,7 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "loss_last": float(trained["loss"].iloc[-1]),
             "wall_s": time.perf_counter() - t0,
             "cached": result.cached,
-            **read_encoder(load_encoder(cfg), init, train, val, info, args.knn_k, args.seed),
+            **read_encoder(read(load_encoder(cfg)), baselines, val),
         }
     )
     if method in REFERENCES:
@@ -438,7 +442,7 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "loss_last": losses[-1],
                 "wall_s": wall,
                 "cached": False,
-                **read_encoder(encoder, init, train, val, info, args.knn_k, args.seed),
+                **read_encoder(read(encoder), baselines, val),
             }
         )
     return rows

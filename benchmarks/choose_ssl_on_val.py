@@ -113,7 +113,13 @@ def train_option(
 
 
 def main() -> None:
-    from bench_ssl_reference import parse_budget, print_json, read_encoder, val_scores
+    from bench_ssl_reference import (
+        init_baselines,
+        parse_budget,
+        print_json,
+        read_encoder,
+        val_scores,
+    )
 
     from medstudy.config import PretrainConfig
     from medstudy.data import TensorSplit
@@ -132,6 +138,7 @@ def main() -> None:
     info = data.train.info
     y_va = val.labels.cpu().numpy().reshape(-1)
     init = create_backbone("resnet20_cifar", seed=args.seed)
+    baselines = init_baselines(init, train, val, info, args.knn_k, args.seed)
     print(f"val: {len(y_va)} images, {int(y_va.sum())} pneumonia; train {len(train)}", flush=True)
     rows = []
     for question in questions:
@@ -140,9 +147,7 @@ def main() -> None:
         for name in q.options:
             encoder, row = train_option(question, name, args, root)
             scores[name] = val_scores(encoder, train, val, info, args.knn_k, args.seed)
-            row.update(
-                read_encoder(encoder, init, train, val, info, args.knn_k, args.seed, scores[name])
-            )
+            row.update(read_encoder(scores[name], baselines, val))
             row.update(question=question, option=name, default=name == q.default)
             for kind in ("knn", "linear"):
                 res = delong_test(y_va, scores[name][kind], scores[q.default][kind])

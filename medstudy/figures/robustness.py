@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from medstudy.data.info import DatasetInfo
 from medstudy.data.loaders import dataset_info
 from medstudy.figures.base import ARM_ORDER, _only, ordered, primary_metric
 from medstudy.metrics import METRICS
@@ -27,12 +26,6 @@ def _robustness_means(metrics: pd.DataFrame, metric: str | None) -> tuple[pd.Dat
     return m.groupby(keys, as_index=False)["value"].mean(), metric
 
 
-def _dataset_info(name: str) -> DatasetInfo:
-    """INFO's row, or for a MedMNIST-format file or a manifest dropped into the data dir (in no
-    table) the row the loader infers from it: the tidy metrics name the dataset, not its task."""
-    return dataset_info(name)
-
-
 def plot_severity_curves(metrics: pd.DataFrame, metric: str | None = None) -> Figure:
     """Metric against severity, one panel per distortion, a line per arm (mean over seeds);
     severity 0 is the clean test set, the dashed line chance."""
@@ -44,7 +37,7 @@ def plot_severity_curves(metrics: pd.DataFrame, metric: str | None = None) -> Fi
     nrows = max(1, math.ceil(len(names) / ncols))
     fig = Figure(figsize=(2.6 * ncols, 2.1 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    chance = METRICS[metric].chance(_dataset_info(_only(metrics, "dataset")).task, 0)
+    chance = METRICS[metric].chance(dataset_info(_only(metrics, "dataset")).task, 0)
     for ax, name in zip(axes.ravel(), names, strict=False):
         for arm in arms:
             part = means[(means["arm"] == arm) & (means["distortion"] == name)]
@@ -73,7 +66,7 @@ def robustness_table(metrics: pd.DataFrame, metric: str | None = None) -> pd.Dat
 
     means, metric = _robustness_means(metrics, metric)
     dataset = _only(metrics, "dataset")
-    info = _dataset_info(dataset)
+    info = dataset_info(dataset)
     chance = METRICS[metric].chance(info.task, info.n_classes)
     rows = []
     for arm, g in means.groupby("arm"):
