@@ -33,7 +33,10 @@ those statistics whatever the method learns, so only a gain over the second says
 learned something.
 
 Run: ``python benchmarks/bench_ssl_reference.py [--dataset pneumoniamnist] [--methods simclr,dino]
-[--epochs 20] [--batch-size 128] [--max-train 2000] [--threads 2] [--results DIR]``. ``ours`` runs
+[--epochs 20] [--batch-size 128] [--max-train 2000] [--seed 0 | --seeds 0,1,2,3,4] [--threads 2]
+[--results DIR]``. With ``--seeds``, every method trains at each seed (its own init and its own
+2 000 train images; the same val), and :func:`pooled_rows` adds the seed-averaged differences
+(:func:`medstudy.stats.seed_case_test`) over all seeds and over all but the first. ``ours`` runs
 are cached by run id under ``--results`` (share it with ``bench_ssl_knn.py`` to reuse its runs).
 The table goes first; the last line is one JSON object. Figures: ``benchmarks/README.md``.
 """
@@ -389,7 +392,12 @@ def read_encoder(
     return out
 
 
-def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_method(
+    method: str, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
+    """Train ``method`` (ours, and lightly's reference if it has one) at ``args.seed`` and read
+    every encoder on val: (table rows, val scores by ``impl`` and ``"init"`` / ``"init_bn"``,
+    plus ``"y"``: the val labels), the scores for :func:`pooled_rows`."""
     from medstudy.config import PretrainConfig
     from medstudy.data import TensorSplit
     from medstudy.models import create_backbone
@@ -410,6 +418,11 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     info = data.train.info
     init = create_backbone(cfg.backbone, seed=cfg.seed)
     baselines = init_baselines(init, train, val, info, args.knn_k, args.seed)
+    scores: dict[str, Any] = {
+        "y": val.labels.cpu().numpy().reshape(-1),
+        "init": baselines[""],
+        "init_bn": baselines["_bn"],
+    }
 
     def read(encoder: nn.Module) -> dict[str, np.ndarray]:
         return val_scores(encoder, train, val, info, args.knn_k, args.seed)
@@ -419,32 +432,76 @@ def run_method(method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     result = pretrain(cfg, progress=False)
     trained = result.history[result.history["method"] != "init"]
+    scores["ours"] = read(load_encoder(cfg))
     rows.append(
         {
             "method": method,
             "impl": "ours",
+            "seed": args.seed,
             "steps": steps,
             "loss_first": float(trained["loss"].iloc[0]),
             "loss_last": float(trained["loss"].iloc[-1]),
             "wall_s": time.perf_counter() - t0,
             "cached": result.cached,
-            **read_encoder(read(load_encoder(cfg)), baselines, val),
+            **read_encoder(scores["ours"], baselines, val),
         }
     )
     if method in REFERENCES:
         encoder, losses, wall = train_reference(method, data.train.images, args)
+        scores["lightly"] = read(encoder)
         rows.append(
             {
                 "method": method,
                 "impl": "lightly",
+                "seed": args.seed,
                 "steps": steps,
                 "loss_first": losses[0],
                 "loss_last": losses[-1],
                 "wall_s": wall,
                 "cached": False,
-                **read_encoder(read(encoder), baselines, val),
+                **read_encoder(scores["lightly"], baselines, val),
             }
         )
+    return rows, scores
+
+
+def pooled_rows(
+    method: str, per_seed: dict[int, dict[str, Any]], seed_sets: list[tuple[int, ...]]
+) -> list[dict[str, Any]]:
+    """One row per implementation and seed set: the seed-averaged val-AUC difference, trained
+    minus init (A = the encoder trained from seed s's init, B = that same init; positive class
+    1 = pneumonia), by :func:`medstudy.stats.seed_case_test`, which pairs every seed on the same
+    val cases and carries both the seed-to-seed and the case-sampling variance (t with
+    Welch-Satterthwaite df). A one-seed DeLong CI says nothing about another init; this does."""
+    from medstudy.stats import seed_case_test
+
+    rows = []
+    impls = [i for i in ("ours", "lightly") if all(i in sc for sc in per_seed.values())]
+    for impl in impls:
+        for seeds in seed_sets:
+            row: dict[str, Any] = {"method": method, "impl": impl, "seeds": list(seeds)}
+            for kind in ("knn", "linear"):
+                for tag, base in (("", "init"), ("_bn", "init_bn")):
+                    res = seed_case_test(
+                        "auc",
+                        [
+                            (per_seed[s]["y"], per_seed[s][impl][kind], per_seed[s][base][kind])
+                            for s in seeds
+                        ],
+                    )
+                    name = f"{kind}{tag}"
+                    row.update(
+                        {
+                            f"{name}_init": res.estimate_b,
+                            f"{name}_final": res.estimate_a,
+                            f"{name}_diff": res.diff,
+                            f"{name}_lo": res.ci_low,
+                            f"{name}_hi": res.ci_high,
+                            f"{name}_p": res.p_value,
+                            f"{name}_df": res.df,
+                        }
+                    )
+            rows.append(row)
     return rows
 
 
@@ -456,15 +513,23 @@ def _fmt(row: dict[str, Any], kind: str) -> str:
 
 
 def parse_budget(
-    parser: argparse.ArgumentParser, choice: str, valid: list[str]
+    parser: argparse.ArgumentParser, choice: str, valid: list[str], multi_seed: bool = False
 ) -> tuple[argparse.Namespace, list[str]]:
     """The 300-step budget's options (shared with ``choose_ssl_on_val``) and ``--<choice>``, a
-    comma list of ``valid`` names; bad values stop the run before any work. Sets the threads."""
+    comma list of ``valid`` names; bad values stop the run before any work. Sets the threads.
+    ``multi_seed``: also ``--seeds`` (``args.seed_list``; else ``[args.seed]``)."""
     parser.add_argument(f"--{choice}", default=",".join(valid))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    if multi_seed:
+        parser.add_argument(
+            "--seeds",
+            default="",
+            help="comma list of seeds (overrides --seed): every method at each seed, then the "
+            "seed-averaged differences (seed_case_test) over all of them and over all but the first",
+        )
     parser.add_argument("--knn-k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="", help="results dir (default: a temporary one)")
@@ -475,6 +540,14 @@ def parse_budget(
         parser.error(f"--{choice}: unknown {unknown}; valid: {sorted(valid)}")
     if args.epochs < 1 or args.batch_size < 2:
         parser.error("--epochs must be >= 1 and --batch-size >= 2")
+    try:
+        given = getattr(args, "seeds", "")
+        args.seed_list = [int(x) for x in given.split(",") if x.strip()] or [args.seed]
+    except ValueError:
+        parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if len(set(args.seed_list)) < len(args.seed_list) or min(args.seed_list) < 0:
+        parser.error(f"--seed/--seeds: distinct seeds >= 0, got {args.seed_list}")
+    args.seed = args.seed_list[0]
     torch.set_num_threads(args.threads)
     return args, chosen
 
@@ -484,21 +557,41 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="pneumoniamnist")
-    args, methods = parse_budget(parser, "methods", list(METHODS))
+    args, methods = parse_budget(parser, "methods", list(METHODS), multi_seed=True)
     results = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix="bench_ref_"))
     os.environ["MEDSTUDY_RESULTS_DIR"] = str(results)
     rows = []
     for method in methods:
-        for row in run_method(method, args):
-            rows.append(row)
-            print(
-                f"{row['method']:<12} {row['impl']:<8} steps {row['steps']}  "
-                f"loss {row['loss_first']:.3g}→{row['loss_last']:.3g}  "
-                f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
-                f"linear AUC {_fmt(row, 'linear')}  (BN-recal. init {_fmt(row, 'linear_bn')})  "
-                f"{row['wall_s']:.0f} s",
-                flush=True,
-            )
+        per_seed = {}
+        for seed in args.seed_list:
+            args.seed = seed
+            seed_rows, per_seed[seed] = run_method(method, args)
+            for row in seed_rows:
+                rows.append(row)
+                print(
+                    f"{row['method']:<12} {row['impl']:<8} seed {seed}  steps {row['steps']}  "
+                    f"loss {row['loss_first']:.3g}→{row['loss_last']:.3g}  "
+                    f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
+                    f"linear AUC {_fmt(row, 'linear')}  "
+                    f"(BN-recal. init {_fmt(row, 'linear_bn')})  {row['wall_s']:.0f} s",
+                    flush=True,
+                )
+        if len(per_seed) >= 2:
+            # all seeds, and all but the first: a setting chosen on val at the first seed
+            # (SparK's LR at seed 0, choose_ssl_on_val) is judged out of sample by the rest
+            sets = [tuple(args.seed_list)]
+            if len(per_seed) >= 3:
+                sets.append(tuple(args.seed_list[1:]))
+            for row in pooled_rows(method, per_seed, sets):
+                rows.append(row)
+                print(
+                    f"{row['method']:<12} {row['impl']:<8} seeds {row['seeds']} (seed-case t)  "
+                    f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
+                    f"linear AUC {_fmt(row, 'linear')}  "
+                    f"(BN-recal. init {_fmt(row, 'linear_bn')})",
+                    flush=True,
+                )
+    args.seed = args.seed_list[0]
     print_json(args, rows, results, dataset=args.dataset)
 
 
@@ -511,6 +604,7 @@ def print_json(
         "batch_size": args.batch_size,
         "max_train": args.max_train,
         "seed": args.seed,
+        "seeds": args.seed_list,
         "threads": args.threads,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
