@@ -354,12 +354,14 @@ def test_notebook_jobs_through_submitits_local_executor(tmp_path, monkeypatch, c
     assert grid.failed_output(bad, root).exists() and Path(failed["log_stderr"]).exists()
     assert f"  {held.name} (after {bad.name})" in captured.err
     assert not (root / "slurm" / f"{held.name}.json").exists()
-    n_logs = len([p for p in (root / "slurm").iterdir() if p.is_dir()])
-    assert n_logs == 3  # pre, bad, after: each submitted once
+    # each job submitted once: submitit keeps one "<job id>_submitted.pkl" per submission
+    # (its local executor also leaves an empty literal "%j" folder: submitit's, not a job)
+    submitted = sorted((root / "slurm").glob("*/*_submitted.pkl"))
+    assert len(submitted) == 3  # pre, bad, after
     # the same command again (as run_all.sh runs it): every job finished, nothing submitted
     argv = ["--profile", "tiny", "--launcher", "slurm", "--slurm-cluster", "local"]
     assert grid.main([*argv, "--results", str(root)]) == 0
     out = capsys.readouterr().out
     assert "0 run, 0 reused, 2 skipped, 0 failed" in out and "jobs submitted" not in out
-    assert len([p for p in (root / "slurm").iterdir() if p.is_dir()]) == n_logs
+    assert sorted((root / "slurm").glob("*/*_submitted.pkl")) == submitted
     print(f"local executor: 3 jobs in {wall:.0f} s")
