@@ -365,6 +365,18 @@ def init_baselines(
     return {tag: val_scores(net, train, val, info, k, seed) for tag, net in nets.items()}
 
 
+def _diff_fields(name: str, final: float, init: float, res: Any) -> dict[str, float]:
+    """The row fields of one trained − init comparison (a DeLong or seed-case result)."""
+    return {
+        f"{name}_init": init,
+        f"{name}_final": final,
+        f"{name}_diff": res.diff,
+        f"{name}_lo": res.ci_low,
+        f"{name}_hi": res.ci_high,
+        f"{name}_p": res.p_value,
+    }
+
+
 def read_encoder(
     scores: dict[str, np.ndarray], baselines: dict[str, dict[str, np.ndarray]], val: Any
 ) -> dict[str, float]:
@@ -379,16 +391,7 @@ def read_encoder(
         for tag, base_scores in baselines.items():
             name, final_k, base = f"{kind}{tag}", scores[kind], base_scores[kind]
             res = delong_test(y_va, final_k, base)
-            out.update(
-                {
-                    f"{name}_init": res.auc_b,
-                    f"{name}_final": res.auc_a,
-                    f"{name}_diff": res.diff,
-                    f"{name}_lo": res.ci_low,
-                    f"{name}_hi": res.ci_high,
-                    f"{name}_p": res.p_value,
-                }
-            )
+            out.update(_diff_fields(name, res.auc_a, res.auc_b, res))
     return out
 
 
@@ -490,17 +493,8 @@ def pooled_rows(
                         ],
                     )
                     name = f"{kind}{tag}"
-                    row.update(
-                        {
-                            f"{name}_init": res.estimate_b,
-                            f"{name}_final": res.estimate_a,
-                            f"{name}_diff": res.diff,
-                            f"{name}_lo": res.ci_low,
-                            f"{name}_hi": res.ci_high,
-                            f"{name}_p": res.p_value,
-                            f"{name}_df": res.df,
-                        }
-                    )
+                    row.update(_diff_fields(name, res.estimate_a, res.estimate_b, res))
+                    row[f"{name}_df"] = res.df
             rows.append(row)
     return rows
 
@@ -509,6 +503,13 @@ def _fmt(row: dict[str, Any], kind: str) -> str:
     return (
         f"{row[f'{kind}_init']:.3f}→{row[f'{kind}_final']:.3f} {row[f'{kind}_diff']:+.3f} "
         f"[{row[f'{kind}_lo']:+.3f}, {row[f'{kind}_hi']:+.3f}] p={row[f'{kind}_p']:.3f}"
+    )
+
+
+def _readouts(row: dict[str, Any]) -> str:
+    return (
+        f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
+        f"linear AUC {_fmt(row, 'linear')}  (BN-recal. init {_fmt(row, 'linear_bn')})"
     )
 
 
@@ -570,10 +571,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{row['method']:<12} {row['impl']:<8} seed {seed}  steps {row['steps']}  "
-                    f"loss {row['loss_first']:.3g}→{row['loss_last']:.3g}  "
-                    f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
-                    f"linear AUC {_fmt(row, 'linear')}  "
-                    f"(BN-recal. init {_fmt(row, 'linear_bn')})  {row['wall_s']:.0f} s",
+                    f"loss {row['loss_first']:.3g}→{row['loss_last']:.3g}  {_readouts(row)}  "
+                    f"{row['wall_s']:.0f} s",
                     flush=True,
                 )
         if len(per_seed) >= 2:
@@ -586,9 +585,7 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{row['method']:<12} {row['impl']:<8} seeds {row['seeds']} (seed-case t)  "
-                    f"kNN AUC {_fmt(row, 'knn')}  (BN-recal. init {_fmt(row, 'knn_bn')})  "
-                    f"linear AUC {_fmt(row, 'linear')}  "
-                    f"(BN-recal. init {_fmt(row, 'linear_bn')})",
+                    f"{_readouts(row)}",
                     flush=True,
                 )
     args.seed = args.seed_list[0]
