@@ -102,3 +102,21 @@ def test_claims_config():
         ClaimsConfig.from_params(correction="bonferroni")
     with pytest.raises(ConfigError, match=r"'alpha' must be in \(0, 1\)"):
         ClaimsConfig.from_params(alpha=1.0)
+
+
+def test_identity_leaves_out_unless_default_fields_at_their_default_only() -> None:
+    """An execution option marked ``identity: unless_default`` keeps old run ids at its default
+    and enters the identity (so the run id) when set."""
+    from dataclasses import dataclass, field
+
+    from medstudy.config.base import StageConfig
+
+    @dataclass(frozen=True)
+    class Toy(StageConfig):
+        lr: float = 0.1
+        note: str = field(default="", metadata={"display": True})
+        devices: int = field(default=1, metadata={"identity": "unless_default"})
+
+    assert Toy().identity() == {"lr": 0.1}
+    assert Toy(note="x").identity() == {"lr": 0.1}
+    assert Toy(devices=2).identity() == {"lr": 0.1, "devices": 2}

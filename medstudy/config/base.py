@@ -179,10 +179,18 @@ class StageConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the computation (hashed into a run id): every field except
-        display-only ones (``field(metadata={"display": True})``) and job-level ones that say
-        which runs a notebook job makes (``field(metadata={"job": True})``)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if not (f.metadata.get("display") or f.metadata.get("job"))
-        }
+        display-only ones (``field(metadata={"display": True})``), job-level ones that say
+        which runs a notebook job makes (``field(metadata={"job": True})``), and execution
+        options that are left at their default (``field(metadata={"identity":
+        "unless_default"})``): a field added later this way (say ``devices`` or
+        ``torch_compile``) leaves every existing run id, and so every cached result, as it was,
+        while a run that sets it gets its own id."""
+        out = {}
+        for f in fields(self):
+            if f.metadata.get("display") or f.metadata.get("job"):
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("identity") == "unless_default" and value == f.default:
+                continue
+            out[f.name] = value
+        return out
