@@ -1,88 +1,54 @@
 """Expand a profile (``params/<profile>.yaml``) into papermill jobs and run them in order.
 
-A *job* is one notebook execution: ``results/executed/<notebook>__<key>.ipynb``. Jobs run in
-notebook order (01 → 07), which is the dependency order. A job is skipped when its stamp
-(``results/executed/<notebook>__<key>.done.json``) records the same *job hash*: the hash of its
-parameters, the notebook's source, the package's code version
-(:func:`medstudy.codeversion.package_version`, a hash of every ``medstudy`` source file), the
-md5s of its dataset files and the stamps of the jobs it reads from. So a code change
-re-executes every job; inside a notebook every expensive unit is cached by run_id and reused
-only if its stage's code is unchanged (:func:`medstudy.results.is_current`), so a re-executed
-notebook recomputes only what the change touched.
+A *job* (:mod:`medstudy.jobs`) is one notebook execution:
+``results/executed/<notebook>__<key>.ipynb``. Jobs run in notebook order (01 → 07), which is the dependency order. A job is skipped when its
+stamp records the same *job hash* (:func:`medstudy.jobs.job_hash`: its parameters, the
+notebook's source, the package's code version, its data files' md5s and the stamps of the jobs
+it reads from). So a code change re-executes every job; inside a notebook every expensive unit
+is cached by run_id and reused only if its stage's code is unchanged
+(:func:`medstudy.results.is_current`), so a re-executed notebook recomputes only what the
+change touched.
+
+Launchers: ``local`` (the default) executes the jobs one after another on this machine and
+stops at the first failure. ``slurm`` submits them through submitit
+(:func:`medstudy.slurm.run_slurm`): one job array per notebook, each notebook's array once the
+notebooks before it have ended, resources from the profile's ``slurm`` block, the same stamps
+and per-job locks, every failure collected and summarised at the end. ``--slurm-cluster local``
+sends the same submission to submitit's local executor (each job a subprocess of this machine)
+instead of a Slurm cluster: laptops, CI and ``tests/test_slurm.py``.
 
 CLI (``run_all.sh`` passes its flags here)::
 
     python -m medstudy.grid [--profile quick] [--only 01,03] [--datasets a,b] [--dry-run]
                             [--results DIR] [--force] [--launcher local|slurm]
+                            [--slurm-cluster slurm|local]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from medstudy import jobs as jobs_mod
 from medstudy import paths
-from medstudy.codeversion import package_version
-from medstudy.config import (
-    ClaimsConfig,
-    ConfigError,
-    InterpretConfig,
-    LabelEfficiencyConfig,
-    PretrainConfig,
-    RepresentationsConfig,
-    RobustnessConfig,
-    StageConfig,
-    TransferConfig,
-    validate_dataset,
-)
-from medstudy.data.loaders import DataFileError, dataset_inputs
+from medstudy.config import ConfigError, TransferConfig, validate_dataset
+from medstudy.jobs import NOTEBOOKS, GridError, Job, check_writable, failed_output, validate_jobs
 from medstudy.locks import hold_lock
-from medstudy.results import now_iso, write_json
+from medstudy.slurm import SLURM_CLUSTERS, run_slurm, slurm_resources
 
-#: How a notebook is split into papermill jobs: one per dataset × arm, per dataset, or once.
-FAN_OUTS: tuple[str, ...] = ("dataset_arm", "dataset", "once")
+#: How the jobs are run: one after another here, or submitted through submitit.
+LAUNCHERS: tuple[str, ...] = ("local", "slurm")
 
-
-@dataclass(frozen=True)
-class NotebookSpec:
-    """One notebook of the study: its config class, how a profile fans it out into jobs, and
-    the results stage it writes (``""``: the claims table, not a stage)."""
-
-    name: str
-    config: type[StageConfig]
-    fan_out: str
-    stage: str
-
-
-#: Every notebook, in dependency order (a notebook reads only the stages of earlier ones).
-NOTEBOOKS: dict[str, NotebookSpec] = {
-    nb.name: nb
-    for nb in (
-        NotebookSpec("01_pretrain", PretrainConfig, "dataset_arm", PretrainConfig.stage),
-        NotebookSpec("02_transfer", TransferConfig, "dataset", TransferConfig.stage),
-        NotebookSpec(
-            "03_label_efficiency", LabelEfficiencyConfig, "dataset", LabelEfficiencyConfig.stage
-        ),
-        NotebookSpec(
-            "04_representations", RepresentationsConfig, "dataset", RepresentationsConfig.stage
-        ),
-        NotebookSpec("05_interpretability", InterpretConfig, "dataset", InterpretConfig.stage),
-        NotebookSpec("06_robustness", RobustnessConfig, "dataset", RobustnessConfig.stage),
-        NotebookSpec("07_robustness_stats", ClaimsConfig, "once", ""),
-    )
-}
 PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
 #: The profile's shared ``pretrain`` block: exactly the notebook-01 settings that notebooks 02/03
 #: mirror as ``pretrain_<key>`` (TransferConfig) to find 01's checkpoints.
@@ -91,29 +57,6 @@ PRETRAIN_KEYS: tuple[str, ...] = tuple(
     for f in fields(TransferConfig)
     if f.name.startswith("pretrain_")
 )
-
-
-class GridError(ValueError):
-    """A profile or a CLI flag is invalid."""
-
-
-@dataclass
-class Job:
-    notebook: str
-    key: str
-    params: dict[str, Any]
-    dataset: str | None = None
-    upstream: list[str] = field(default_factory=list)  # job names this job reads from
-
-    @property
-    def name(self) -> str:
-        return f"{self.notebook}__{self.key}"
-
-    def output(self, root: Path) -> Path:
-        return paths.executed_dir(root) / f"{self.name}.ipynb"
-
-    def stamp(self, root: Path) -> Path:
-        return paths.executed_dir(root) / f"{self.name}.done.json"
 
 
 def _slug(text: str) -> str:
@@ -285,78 +228,6 @@ def downstream_seeds(spec: dict[str, Any], dataset: str) -> list[int]:
     return sorted(seeds)
 
 
-def job_hash(job: Job, root: Path) -> str:
-    notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
-    upstream = {}
-    for name in job.upstream:
-        stamp = paths.executed_dir(root) / f"{name}.done.json"
-        upstream[name] = json.loads(stamp.read_text())["hash"] if stamp.exists() else None
-    payload = {
-        "params": job.params,
-        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
-        "code": package_version(),
-        "data": dataset_inputs(job.dataset, int(job.params.get("image_size", 28))),
-        "upstream": upstream,
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def is_finished(job: Job, root: Path) -> bool:
-    stamp = job.stamp(root)
-    if not stamp.exists() or not job.output(root).exists():
-        return False
-    return json.loads(stamp.read_text()).get("hash") == job_hash(job, root)
-
-
-def failed_output(job: Job, root: Path) -> Path:
-    """Where a job's notebook is executed, and stays when it fails."""
-    return paths.executed_dir(root) / f"{job.name}.partial.ipynb"
-
-
-def execute(job: Job, root: Path) -> float:
-    """Run one job with papermill; returns wall seconds. Raises on failure."""
-    import papermill as pm  # imported here: it starts slowly and only a run needs it
-
-    notebook = paths.notebooks_dir() / f"{job.notebook}.ipynb"
-    out = job.output(root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    # Executed under a ".partial" name and renamed on success: an interrupted job never leaves
-    # an executed notebook that looks finished, and a failed one is kept for the reader (the
-    # error message points to it).
-    partial = failed_output(job, root)
-    pm.execute_notebook(
-        str(notebook),
-        str(partial),
-        parameters=job.params,
-        kernel_name="python3",
-        progress_bar=False,
-        cwd=str(paths.notebooks_dir()),
-    )
-    os.replace(partial, out)
-    wall = time.perf_counter() - t0
-    write_json(
-        job.stamp(root),
-        {"hash": job_hash(job, root), "params": job.params, "end": now_iso(), "wall_s": wall},
-    )
-    return wall
-
-
-def check_writable(root: Path) -> None:
-    """Fail before any work if the results dir cannot be created or written (a read-only
-    mount, a path through a file, no permission), naming it and the ways to choose another."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-", delete=True)
-        probe.close()
-    except OSError as err:
-        raise GridError(
-            f"results dir {root} is not writable ({type(err).__name__}: {err.strerror or err}); "
-            "choose another with --results DIR or MEDSTUDY_RESULTS_DIR"
-        ) from None
-
-
 def run(
     profile: str = "quick",
     only: Sequence[str] = (),
@@ -364,25 +235,32 @@ def run(
     dry_run: bool = False,
     force: bool = False,
     launcher: str = "local",
+    slurm_cluster: str | None = None,
 ) -> int:
+    if launcher not in LAUNCHERS:
+        raise GridError(f"unknown launcher {launcher!r}; valid: {list(LAUNCHERS)}")
+    if slurm_cluster is not None and launcher != "slurm":
+        raise GridError("--slurm-cluster applies to --launcher slurm only")
+    if slurm_cluster is not None and slurm_cluster not in SLURM_CLUSTERS:
+        raise GridError(f"unknown --slurm-cluster {slurm_cluster!r}; valid: {list(SLURM_CLUSTERS)}")
     spec = load_profile(profile)
     if datasets:
         for ds in datasets:
             validate_dataset(ds)
     jobs = expand(spec, only, datasets)
     validate_jobs(jobs)
+    if launcher == "slurm":
+        slurm_resources(spec)  # a bad slurm block fails here, before the results dir is made
     root = paths.results_dir()
     if not dry_run:
         check_writable(root)
     print(f"[medstudy] profile={profile} jobs={len(jobs)} results={root}", flush=True)
     if launcher == "slurm":
-        return run_slurm(jobs, root, spec, dry_run=dry_run, force=force)
-    if launcher != "local":
-        raise GridError(f"unknown launcher {launcher!r}; valid: ['local', 'slurm']")
+        return run_slurm(jobs, root, spec, dry_run, force, slurm_cluster or "slurm")
     t_all = time.perf_counter()
     n_skipped = 0
     for i, job in enumerate(jobs, 1):
-        finished = not force and is_finished(job, root)
+        finished = not force and jobs_mod.is_finished(job, root)
         tag = f"[{i}/{len(jobs)}] {job.name}"
         if dry_run:
             print(f"{tag}  {'done (skip)' if finished else 'to run'}  {json.dumps(job.params)}")
@@ -395,12 +273,12 @@ def run(
             # one process per job: a second run_all.sh on this results dir waits here, then
             # finds the job finished (same stamp) and reuses it
             with hold_lock(f"job__{job.name}", f"job {job.name}", root):
-                if not force and is_finished(job, root):
+                if not force and jobs_mod.is_finished(job, root):
                     n_skipped += 1
                     print(f"{tag}  finished by another process meanwhile (reused)", flush=True)
                     continue
                 print(f"{tag}  running …", flush=True)
-                wall = execute(job, root)
+                wall = jobs_mod.execute(job, root)
         except Exception as err:  # noqa: BLE001 - report which notebook to open, then stop
             print(
                 f"\n[medstudy] FAILED: {job.name}: {type(err).__name__}: {str(err)[:2000]}\n"
@@ -418,59 +296,7 @@ def run(
     )
     return 0
 
-
-def validate_jobs(jobs: Sequence[Job]) -> None:
-    """Check every job's parameters against its stage config, and read each dataset's identity
-    (a bad manifest fails here, naming the CSV line, not in notebook 01), before any work."""
-    for job in jobs:
-        if job.notebook not in NOTEBOOKS:
-            raise GridError(f"{job.notebook}: no such notebook in this version of medstudy")
-        try:
-            NOTEBOOKS[job.notebook].config.from_params(**job.params)
-        except (ValueError, TypeError) as err:
-            raise GridError(f"profile job {job.name}: {err}") from None
-        if not (paths.notebooks_dir() / f"{job.notebook}.ipynb").exists():
-            raise GridError(f"notebook missing: {paths.notebooks_dir() / job.notebook}.ipynb")
-    pairs = {(j.dataset, int(j.params.get("image_size", 28))) for j in jobs if j.dataset}
-    for ds, size in sorted(pairs):
-        try:
-            dataset_inputs(ds, size)
-        except DataFileError as err:
-            raise GridError(f"dataset {ds!r}: {err}") from None
-
-
-def run_slurm(
-    jobs: Sequence[Job], root: Path, spec: dict[str, Any], dry_run: bool, force: bool
-) -> int:
-    """Submit each notebook's jobs as a submitit array and wait before the next notebook.
-
-    Notebook order is the dependency order, so one array per notebook keeps it without a
-    home-made scheduler. Slurm options come from the profile's ``slurm`` block.
-    """
-    try:
-        import submitit
-    except ImportError as err:
-        raise GridError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from err
-    todo = [j for j in jobs if force or not is_finished(j, root)]
-    if dry_run:
-        for j in todo:
-            print(f"slurm: would submit {j.name}")
-        return 0
-    executor = submitit.AutoExecutor(folder=str(root / "slurm"))
-    executor.update_parameters(**spec.get("slurm", {}))
-    for nb in NOTEBOOKS:
-        batch = [j for j in todo if j.notebook == nb]
-        if not batch:
-            continue
-        with executor.batch():
-            handles = [executor.submit(execute, j, root) for j in batch]
-        for job, handle in zip(batch, handles, strict=True):
-            try:
-                handle.result()
-            except Exception as err:  # noqa: BLE001
-                print(f"[medstudy] FAILED on slurm: {job.name}: {err}", file=sys.stderr)
-                return 1
-    return 0
+    return 1
 
 
 ENV_DIRS = (
@@ -497,6 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default="", help="results dir (MEDSTUDY_RESULTS_DIR)")
     parser.add_argument("--force", action="store_true", help="re-run finished jobs too")
     parser.add_argument("--launcher", default="local", help="local | slurm (submitit)")
+    parser.add_argument(
+        "--slurm-cluster",
+        default=None,
+        help="with --launcher slurm: slurm (default) | local (submitit's local executor: the "
+        "same submission, each job a subprocess of this machine)",
+    )
     args = parser.parse_args(argv)
     # Notebook kernels run with the notebooks folder as cwd: a relative data or results dir
     # must be pinned to what it means here, or the kernels would look somewhere else.
@@ -509,7 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = [s for s in args.only.split(",") if s]
     datasets = [s for s in args.datasets.split(",") if s]
     try:
-        return run(args.profile, only, datasets, args.dry_run, args.force, args.launcher)
+        return run(
+            args.profile,
+            only,
+            datasets,
+            args.dry_run,
+            args.force,
+            args.launcher,
+            args.slurm_cluster,
+        )
     except (GridError, ValueError) as err:
         print(f"[medstudy] error: {err}", file=sys.stderr)
         return 2

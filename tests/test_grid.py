@@ -7,6 +7,7 @@ import json
 import pytest
 
 from medstudy import grid, paths
+from medstudy import jobs as jobs_mod
 from medstudy.config import ConfigError, PretrainConfig
 from medstudy.grid import GridError, expand, load_profile
 
@@ -126,13 +127,13 @@ def test_dry_run_lists_jobs(capsys, results_tmp):
 def test_stamp_skips_only_unchanged_jobs(results_tmp):
     job = expand(load_profile("smoke"), only=["02"], datasets=["retinamnist"])[0]
     root = paths.results_dir()
-    assert not grid.is_finished(job, root)
+    assert not jobs_mod.is_finished(job, root)
     job.output(root).parent.mkdir(parents=True)
     job.output(root).write_text("{}")
-    job.stamp(root).write_text(json.dumps({"hash": grid.job_hash(job, root)}))
-    assert grid.is_finished(job, root)
+    job.stamp(root).write_text(json.dumps({"hash": jobs_mod.job_hash(job, root)}))
+    assert jobs_mod.is_finished(job, root)
     job.params["seeds"] = [0, 1, 2]  # a changed parameter invalidates the stamp
-    assert not grid.is_finished(job, root)
+    assert not jobs_mod.is_finished(job, root)
 
 
 def test_a_code_change_invalidates_every_stamp(results_tmp, monkeypatch):
@@ -140,10 +141,10 @@ def test_a_code_change_invalidates_every_stamp(results_tmp, monkeypatch):
     root = paths.results_dir()
     job.output(root).parent.mkdir(parents=True)
     job.output(root).write_text("{}")
-    job.stamp(root).write_text(json.dumps({"hash": grid.job_hash(job, root)}))
-    assert grid.is_finished(job, root)
-    monkeypatch.setattr(grid, "package_version", lambda: "edited-code")
-    assert not grid.is_finished(job, root)
+    job.stamp(root).write_text(json.dumps({"hash": jobs_mod.job_hash(job, root)}))
+    assert jobs_mod.is_finished(job, root)
+    monkeypatch.setattr(jobs_mod, "package_version", lambda: "edited-code")
+    assert not jobs_mod.is_finished(job, root)
 
 
 def test_relative_env_dirs_are_pinned_before_kernels_start(tmp_path, monkeypatch):

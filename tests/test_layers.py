@@ -56,6 +56,8 @@ LAYERS: dict[str, int] = {
     "medstudy.figures": 5,
     "medstudy.report": 5,
     "medstudy.grid": 5,
+    "medstudy.jobs": 5,
+    "medstudy.slurm": 5,
     "medstudy.audit": 5,
 }
 #: File names of a run folder; only medstudy/results.py may spell them out in code.
