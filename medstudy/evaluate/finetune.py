@@ -25,8 +25,8 @@ pretraining loop serves every pretext task:
   weights and history as an uninterrupted fit (tests pin it); a non-finite training loss stops
   the fit with ``FloatingPointError`` naming the epoch and step, and the last good epoch's
   checkpoint stays;
-- CPU fp32; the device is explicit (:func:`medstudy.runtime.resolve_device`) and never
-  switched silently.
+- fp32 on CPU, bf16 autocast on GPU (:func:`medstudy.runtime.precision`); the device is explicit
+  (:func:`medstudy.runtime.resolve_device`) and never switched silently.
 
 Same seed, same device and same thread count → identical weights and metrics (tests pin it).
 
