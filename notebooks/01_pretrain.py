@@ -39,6 +39,7 @@ device: str = "cpu"  # cpu | cuda | auto (never changed silently)
 natural_weights: str = ""  # local natural_sup checkpoint (relative: in the data dir; "": default)
 natural_ssl_weights: str = "dino"  # natural_ssl release: dino, swav or mocov2 (needs timm:resnet50)
 natural_ssl_file: str = ""  # local copy of that release's file (offline); empty: download it
+torch_compile: bool = False  # compile backbone stages with torch.compile (own run id when on)
 views_method: str = "simclr"  # the SSL recipe whose augmented views are shown (display only)
 knn_every: int = 1  # kNN monitor every n epochs and at each stage's end (display only)
 replicates: list[int] = []  # seeds of the pretraining replicates this job runs ([]: only seed)

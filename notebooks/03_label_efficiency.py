@@ -56,6 +56,7 @@ pretrain_seed: int = 0  # seed of the pretrained encoders
 pretrain_natural_weights: str = ""  # notebook 01 natural_weights (local natural_sup checkpoint)
 pretrain_natural_ssl_weights: str = "dino"  # notebook 01 natural_ssl release: dino, swav or mocov2
 pretrain_natural_ssl_file: str = ""  # notebook 01 natural_ssl_file (local copy; "": download)
+pretrain_torch_compile: bool = False  # notebook 01 torch_compile
 pretrain_paired: bool = False  # seed s uses the encoder pretrained with seed s (replicates)
 device: str = "cpu"  # cpu, cuda (an error without a GPU) or auto
 

@@ -103,6 +103,7 @@ class RepresentationsConfig(StageConfig):
     pretrain_natural_weights: str = ""
     pretrain_natural_ssl_weights: str = "dino"
     pretrain_natural_ssl_file: str = ""
+    pretrain_torch_compile: bool = field(default=False, metadata={"identity": "unless_default"})
     pretrain_paired: bool = False
     device: str = "cpu"
     n_boot: int = field(default=200, metadata={"display": True})  # bootstrap SE of table CIs

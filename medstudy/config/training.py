@@ -61,6 +61,10 @@ class PretrainConfig(StageConfig):
     # copy of its file for offline machines ("" = download from its official URL).
     natural_ssl_weights: str = "dino"
     natural_ssl_file: str = ""
+    # Execution option: compile every backbone stage with torch.compile (inductor) in the SSL
+    # stages (medstudy.pretrain.module.compile_stages). Fused kernels round differently, so a
+    # compiled run has its own run id; at False (default) every existing run id is unchanged.
+    torch_compile: bool = field(default=False, metadata={"identity": "unless_default"})
     # the SSL recipe whose augmented views notebook 01 shows
     views_method: str = field(default="simclr", metadata={"display": True})
     # the kNN monitor runs after every knn_every-th epoch and after each stage's last one; it
@@ -173,6 +177,8 @@ class TransferConfig(StageConfig):
     pretrain_natural_weights: str = ""
     pretrain_natural_ssl_weights: str = "dino"
     pretrain_natural_ssl_file: str = ""
+    # notebook 01's torch_compile (a compiled pretraining run has its own run id)
+    pretrain_torch_compile: bool = field(default=False, metadata={"identity": "unless_default"})
     # Pretraining replicates (DESIGN §6): downstream seed s uses the encoder pretrained with
     # seed s, so CIs over seeds cover the pretraining's randomness; False: every seed uses the
     # encoder of pretrain_seed (one pretraining run per arm).
@@ -250,6 +256,7 @@ class TransferConfig(StageConfig):
             natural_weights=self.pretrain_natural_weights,
             natural_ssl_weights=self.pretrain_natural_ssl_weights,
             natural_ssl_file=self.pretrain_natural_ssl_file,
+            torch_compile=self.pretrain_torch_compile,
         )
 
 

@@ -44,13 +44,31 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def to_device(
+    batch: torch.Tensor, device: torch.device | str, pin: bool | None = None
+) -> torch.Tensor:
+    """A host batch on ``device``. To a CUDA device (``pin=None``: whenever ``device`` is CUDA)
+    the batch goes through page-locked (pinned) memory and an asynchronous copy
+    (``non_blocking=True``), so the transfer overlaps the GPU's work, as a DataLoader with
+    ``pin_memory=True`` does (SparK's own loader: ``pretrain/main.py``). On the CPU it is
+    ``batch.to(device)``: no pinning (it needs a CUDA driver) and no effect on CPU runs.
+    A batch already on ``device`` is returned as is."""
+    device = torch.device(device)
+    if batch.device == device:
+        return batch
+    if device.type == "cuda" if pin is None else pin:
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 class MemmapImages:
     """uint8 images (N, C, H, W) read on demand from an (N, H, W, C) array, normally a
     read-only ``np.memmap`` of the image cache: the tensor stand-in of :class:`TensorSplit`
     for data larger than RAM.
 
     Indexing with a 1-D index (tensor or array) or a slice reads those rows (in ascending file
-    order, for locality) and returns a contiguous uint8 tensor on ``device``; ``rows`` restricts
+    order, for locality) and returns a contiguous uint8 tensor on ``device`` (to a GPU through
+    pinned memory, :func:`to_device`); ``rows`` restricts
     it to those rows of ``array`` without reading them.
 
     Pages of the file that a read maps in count in the process's RSS although the OS can
@@ -103,7 +121,7 @@ class MemmapImages:
         block[order] = self.array[rows[order]]
         release_pages(self.array)
         images = torch.from_numpy(np.ascontiguousarray(block.transpose(0, 3, 1, 2)))
-        return images.to(self.device)
+        return to_device(images, self.device)
 
     def to(self, device: torch.device | str) -> MemmapImages:
         return MemmapImages(self.array, self.rows, device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medstudy.data.tensors import TensorSplit, to_float, to_model_input
+from medstudy.data.tensors import TensorSplit, to_device, to_float, to_model_input
 from medstudy.models import Backbone
 
 
@@ -24,7 +24,7 @@ def extract_features(
     backbone.eval()
     try:
         feats = [
-            backbone(to_model_input(to_float(images.to(device)))).float().cpu()
+            backbone(to_model_input(to_float(to_device(images, device)))).float().cpu()
             for images, _, _ in tensor_split.batches(batch_size)
         ]
     finally:

@@ -25,8 +25,8 @@ pretraining loop serves every pretext task:
   weights and history as an uninterrupted fit (tests pin it); a non-finite training loss stops
   the fit with ``FloatingPointError`` naming the epoch and step, and the last good epoch's
   checkpoint stays;
-- CPU fp32; the device is explicit (:func:`medstudy.runtime.resolve_device`) and never
-  switched silently.
+- fp32 on CPU, bf16 autocast on GPU (:func:`medstudy.runtime.precision`); the device is explicit
+  (:func:`medstudy.runtime.resolve_device`) and never switched silently.
 
 Same seed, same device and same thread count → identical weights and metrics (tests pin it).
 
@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from medstudy.data.info import DatasetInfo
-from medstudy.data.tensors import TensorSplit
+from medstudy.data.tensors import TensorSplit, to_device
 from medstudy.evaluate.batches import (
     AtomicCheckpointIO,
     InputTransform,
@@ -461,7 +461,7 @@ def predict_scores(
     n = int(inputs[0].shape[0])
     dummy = make_generator("cpu", 0)
     for start in range(0, n, batch_size):
-        batch = tuple(x[start : start + batch_size].to(device) for x in inputs)
+        batch = tuple(to_device(x[start : start + batch_size], device) for x in inputs)
         logits = model(*transform(batch, False, dummy))
         out.append(logits_to_scores(info, logits).double().cpu())
     return torch.cat(out).numpy()

@@ -22,9 +22,14 @@ The loop runs on Lightning (``LightningModule`` + ``Trainer``): SGD/LARS/AdamW w
 cosine schedule after a linear warm-up, bf16 autocast on GPU only (fp32 on CPU), channels_last
 memory format on every device (measured +20 % for ResNet-20 at 28 px on this 2-core CPU,
 ``benchmarks/README.md``), a progress bar with the loss and throughput, a checkpoint at the end of every epoch and
-exact resumption from it. Training images live on the device as one uint8 tensor; the
-DataLoader only yields index batches (no workers, no PIL) and augmentation is batched on the
-device (:mod:`medstudy.augment`).
+exact resumption from it. Training images live on the device as one uint8 tensor (a split of the
+memory-mapped cache is read per batch and copied to a GPU through pinned memory,
+``non_blocking``: :func:`medstudy.data.tensors.to_device`); the DataLoader only yields index
+batches (no workers, no PIL) and augmentation is batched on the device (:mod:`medstudy.augment`).
+``cfg.torch_compile`` compiles every backbone stage in place
+(:func:`medstudy.pretrain.module.compile_stages`; a compiled run has its own run id). The LR of
+every method follows the linear scaling rule ``base_lr x batch_size / base_batch`` of its
+recipe (:class:`medstudy.ssl.base.OptimRecipe`).
 
 Reproducibility: every random stream is derived from ``(cfg.seed, stage, epoch)`` — the batch
 order, the augmentation generator, SparK's masks — and model initialisation is seeded inside

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.scheduler import CosineWarmupScheduler
+from torch import nn
 
 from medstudy.arms import arm_plan
 from medstudy.augment import AugmentRecipe, make_views
@@ -170,6 +171,8 @@ class PretrainModule(L.LightningModule):
         self.train_data = _to_device(self.train_data, self.device)
         self.val_data = _to_device(self.val_data, self.device)
         self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.cfg.torch_compile:
+            compile_stages(self.method.backbone)
 
     def on_train_start(self) -> None:
         self._max_steps = int(self.trainer.estimated_stepping_batches)
@@ -276,6 +279,20 @@ class _EpochEnd(L.Callback):
         pl_module.end_epoch()
         _write_history(self.history_path, pl_module.history)
         trainer.save_checkpoint(self.ckpt_path)
+
+
+def compile_stages(backbone: nn.Module) -> None:
+    """``torch.compile`` every stage of ``backbone`` in place (``nn.Module.compile``), for
+    ``PretrainConfig.torch_compile``.
+
+    Stages, not the method: every method reaches the backbone through them (its ``forward``
+    runs the stages in turn, SparK calls them one by one under its sparse hooks, which the
+    compiled code keeps: tests/test_gpu_paths.py), while the heads, the losses and the
+    generator-driven masking stay eager. In place, so ``state_dict`` keys, checkpoints and the
+    momentum copies are those of the eager module. A stage already compiled is left as is."""
+    for stage in backbone.stages:  # type: ignore[union-attr]
+        if getattr(stage, "_compiled_call_impl", None) is None:
+            stage.compile()
 
 
 def _to_device(split: TensorSplit, device: torch.device) -> TensorSplit:

@@ -15,9 +15,15 @@ is copied.
 3. **Densify + decode.** At each resolution of the hierarchy the (sparse-BN-normalised) feature
    map's empty positions are filled with a learned per-scale mask token and projected to the
    decoder width; a light UNet decoder (transposed-conv upsampling + two 3×3 convs per level,
-   widths halving) adds them from the coarsest to the finest level and predicts pixels.
+   widths halving) adds them from the coarsest to the finest level and predicts pixels. The
+   width is SparK's 768 capped at the encoder's deepest width (:func:`spark_decoder_width`:
+   768 for ResNet-50, 64 for ResNet-20).
 4. **Loss.** MSE to per-patch-normalised pixels, on masked patches only; for a grey image
    (``StepContext.image_channels == 1``) on its one channel.
+
+Mask grid: the mask is at the backbone's total stride, as in SparK; a grid under 4×4 (64 px
+at ResNet-50's stride 32 is 2×2: 2 of 4 patches masked) trains but warns once
+(:func:`small_grid_message`).
 
 Deviation from the paper at 28 px: the full-resolution level (ResNet-20's stem and first stage
 keep 28 px) also gets a skip connection, because there the hierarchy starts at stride 1 rather
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -69,6 +76,27 @@ SPARK_LAMB_AT_IMAGENET_LR = replace(
 
 PROBE_SIZE = 32  # input side used once, at build time, to read the stage strides and widths
 
+#: SparK's decoder width: ``LightDecoder(up_sample_ratio, width=768)`` (keyu-tian/SparK,
+#: ``pretrain/decoder.py``; ``pretrain/main.py`` never overrides it), for every backbone it
+#: pretrains: ResNet-50/101/152/200 (2048 channels at stride 32) and ConvNeXt-S/B/L (768-1536),
+#: halving at every ×2 upsampling. SparK has no rule for narrower nets.
+SPARK_DECODER_WIDTH = 768
+#: Below this grid side SparK's masking is coarse (SparK itself masks a 7×7 grid: 224 px at
+#: stride 32); a smaller grid gets a one-time warning (:meth:`SparK.training_step`).
+MIN_MASK_GRID = 4
+
+
+def spark_decoder_width(encoder_channels: int) -> int:
+    """The decoder width for an encoder whose deepest stage has ``encoder_channels`` channels:
+    SparK's 768 (:data:`SPARK_DECODER_WIDTH`), capped at the encoder's own width, so that the
+    decoder of a narrow net is not wider than the net (our cap; SparK only trains wide nets).
+
+    ``timm:resnet50`` (2048) → 768, as SparK; ConvNeXt-S (768) → 768, where SparK's coarsest
+    densify projection is the identity. ``resnet20_cifar`` (64) → 64, the width every existing
+    ResNet-20 SparK run was trained with (so its runs and results are unchanged).
+    """
+    return min(SPARK_DECODER_WIDTH, encoder_channels)
+
 
 def _expand(active: torch.Tensor, size: int) -> torch.Tensor:
     """A (N,1,g,g) patch mask at a feature map of side ``size`` (nearest upsampling)."""
@@ -86,7 +114,19 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) 
     (the inputs are conv outputs of moderate scale, so the one-pass variance is accurate in
     fp32); normalisation and affine fold into one per-channel ``x·a + b``. This costs ~5 passes
     over the tensor instead of ~10 for the textbook masked formula (SparK is CPU-bound here).
+
+    Precision: the statistics and the normalisation are computed in float32 whatever the input
+    dtype, and the output is cast back to it. Under bf16 autocast (GPU) the conv outputs arrive
+    as bf16, whose 8-bit mantissa makes E[x²] − E[x]² cancel catastrophically for channels with
+    a large mean and a small spread (tests/test_gpu_paths.py shows it). SparK itself normalises
+    the gathered visible features with ``nn.BatchNorm1d`` (keyu-tian/SparK
+    ``pretrain/encoder.py``, ``sp_bn_forward``), whose kernels accumulate in float32, and
+    pretrains in fp32 (``pretrain/main.py`` has no autocast). An fp32 input takes exactly the
+    operations it took before this rule (CPU results unchanged).
     """
+    dtype = x.dtype
+    if dtype != torch.float32:
+        x, mask = x.float(), mask.float()
     x = x * mask
     if bn.training:
         count = mask.sum()  # visible positions, per channel
@@ -105,7 +145,8 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) 
     if bn.affine:
         scale = scale * bn.weight
     shift = -mean * scale + (bn.bias if bn.affine else 0.0)
-    return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * mask
+    out = (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * mask
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 @contextlib.contextmanager
@@ -143,6 +184,21 @@ def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
             del m.forward  # back to the class's forward
 
 
+def small_grid_message(side: int, stride: int, mask_ratio: float) -> str:
+    """Why a mask grid under :data:`MIN_MASK_GRID` per side is coarse, and what to do."""
+    grid = side // stride
+    keep = round(grid * grid * (1 - mask_ratio))
+    return (
+        f"SparK: {side} px at the backbone's stride {stride} is a {grid}x{grid} mask grid: "
+        f"{grid * grid - keep} of {grid * grid} patches masked (ratio "
+        f"{1 - keep / (grid * grid):.2f}, not {mask_ratio}), each {stride} px. SparK masks at "
+        "the encoder's total stride (a finer mask would put visible and masked pixels under one "
+        "deepest-level position, which its sparse encoding excludes) and trains at 224 px "
+        f"(7x7); use image_size >= {MIN_MASK_GRID * stride} for a "
+        f"{MIN_MASK_GRID}x{MIN_MASK_GRID} grid, or a backbone with a smaller stride"
+    )
+
+
 class _UpBlock(nn.Module):
     """×2 upsampling (transposed conv) + two 3×3 convs, as SparK's ``UNetBlock``."""
 
@@ -164,16 +220,26 @@ class _UpBlock(nn.Module):
 class SparK(SSLMethod):
     """Sparse masked modelling on ``backbone`` (see the module docstring)."""
 
-    def __init__(self, backbone: Backbone, mask_ratio: float = 0.6, decoder_width: int = 64):
+    def __init__(
+        self, backbone: Backbone, mask_ratio: float = 0.6, decoder_width: int | None = None
+    ):
         super().__init__(backbone)
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if decoder_width is not None and decoder_width < 1:
+            raise ValueError(
+                f"decoder_width must be >= 1 or None (SparK's rule), got {decoder_width}"
+            )
         self.mask_ratio = mask_ratio
+        self._warned_grid = False
         with torch.no_grad():
             was_training = backbone.training
             backbone.eval()
             outs = backbone.forward_stages(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
             backbone.train(was_training)
+        if decoder_width is None:
+            decoder_width = spark_decoder_width(int(outs[-1].shape[1]))
+        self.decoder_width = decoder_width
         strides = [PROBE_SIZE // o.shape[-1] for o in outs]
         self.downsample = strides[-1]
         if self.downsample & (self.downsample - 1):
@@ -274,9 +340,13 @@ class SparK(SSLMethod):
                 f"SparK needs square inputs whose side is a multiple of the backbone stride "
                 f"{self.downsample}, got {tuple(x.shape[-2:])}"
             )
-        active = self.random_mask(
-            x.shape[0], x.shape[-1] // self.downsample, ctx.generator, x.device
-        )
+        grid = x.shape[-1] // self.downsample
+        if grid < MIN_MASK_GRID and not self._warned_grid:
+            self._warned_grid = True
+            warnings.warn(
+                small_grid_message(x.shape[-1], self.downsample, self.mask_ratio), stacklevel=2
+            )
+        active = self.random_mask(x.shape[0], grid, ctx.generator, x.device)
         pred = self.decode(self.encode(x, active), active)
         if ctx.image_channels == 1:
             # A grey image reaches the model as 3 affine copies of one channel (to_model_input:
