@@ -31,9 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medstudy import paths
+from medstudy import paths, profiles
 from medstudy.codeversion import package_version
 from medstudy.config import (
     ClaimsConfig,
@@ -83,7 +81,7 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
         NotebookSpec("07_robustness_stats", ClaimsConfig, "once", ""),
     )
 }
-PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
+PROFILES: tuple[str, ...] = ("smoke", "quick", "full", "full128", "full224")
 #: The profile's shared ``pretrain`` block: exactly the notebook-01 settings that notebooks 02/03
 #: mirror as ``pretrain_<key>`` (TransferConfig) to find 01's checkpoints.
 PRETRAIN_KEYS: tuple[str, ...] = tuple(
@@ -127,17 +125,15 @@ PROFILE_KEYS = (
 )  # fmt: skip
 
 
-def load_profile(profile: str) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml`` (the shipped :data:`PROFILES` or a user's own file);
-    unknown profiles name the valid ones."""
+def load_profile(profile: str, overrides: Sequence[Path] = ()) -> dict[str, Any]:
+    """``params/<profile>.yaml`` (a shipped :data:`PROFILES` or a user's file) with its ``base:``
+    chain and ``overrides`` applied (:mod:`medstudy.profiles`); unknown names list the valid."""
+    try:
+        spec = profiles.resolve(profile, overrides)
+    except profiles.ProfileError as err:
+        raise GridError(str(err)) from None
     path = paths.params_dir() / f"{profile}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", profile) or not path.exists():
-        valid = sorted(p.stem for p in paths.params_dir().glob("*.yaml"))
-        raise GridError(f"unknown profile {profile!r}; valid: {valid}")
-    with open(path) as fh:
-        spec = yaml.safe_load(fh)
-    # The file name is the profile's identity (results root, the label in the paper).
-    spec["profile"] = profile
+    spec["profile"] = profile  # the file name: its identity (results root, label in the paper)
     for key in ("datasets", "notebooks"):
         if key not in spec:
             raise GridError(f"{path}: missing top-level key {key!r}")
@@ -364,8 +360,9 @@ def run(
     dry_run: bool = False,
     force: bool = False,
     launcher: str = "local",
+    overrides: Sequence[Path] = (),
 ) -> int:
-    spec = load_profile(profile)
+    spec = load_profile(profile, overrides)
     if datasets:
         for ds in datasets:
             validate_dataset(ds)
@@ -488,16 +485,16 @@ def absolutise_env_dirs(names: Sequence[str] = ENV_DIRS) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--profile", default="quick", help=f"{list(PROFILES)} or params/<name>.yaml"
-    )
+    parser.add_argument("--profile", default="quick", help=f"{list(PROFILES)} or params/<x>.yaml")
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--datasets", default="", help="override the profile's datasets")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
     parser.add_argument("--results", default="", help="results dir (MEDSTUDY_RESULTS_DIR)")
     parser.add_argument("--force", action="store_true", help="re-run finished jobs too")
     parser.add_argument("--launcher", default="local", help="local | slurm (submitit)")
+    parser.add_argument("--override", action="append", default=[], help="profiles.py; repeatable")
     args = parser.parse_args(argv)
+    overrides = profiles.override_paths(args.override)
     # Notebook kernels run with the notebooks folder as cwd: a relative data or results dir
     # must be pinned to what it means here, or the kernels would look somewhere else.
     absolutise_env_dirs()
@@ -505,11 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MEDSTUDY_RESULTS_DIR"] = str(Path(args.results).resolve())
     elif not os.environ.get("MEDSTUDY_RESULTS_DIR"):
         # One results root per profile: smoke, quick and full runs never mix in one claims table.
-        os.environ["MEDSTUDY_RESULTS_DIR"] = str(paths.repo_root() / "results" / args.profile)
+        label = profiles.results_label(args.profile, overrides)
+        os.environ["MEDSTUDY_RESULTS_DIR"] = str(paths.repo_root() / "results" / label)
     only = [s for s in args.only.split(",") if s]
     datasets = [s for s in args.datasets.split(",") if s]
     try:
-        return run(args.profile, only, datasets, args.dry_run, args.force, args.launcher)
+        return run(args.profile, only, datasets, args.dry_run, args.force, args.launcher, overrides)
     except (GridError, ValueError) as err:
         print(f"[medstudy] error: {err}", file=sys.stderr)
         return 2

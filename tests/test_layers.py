@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "medstudy.figures": 5,
     "medstudy.report": 5,
     "medstudy.grid": 5,
+    "medstudy.profiles": 5,
     "medstudy.audit": 5,
 }
 #: File names of a run folder; only medstudy/results.py may spell them out in code.

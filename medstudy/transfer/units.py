@@ -127,7 +127,12 @@ def unit_subsets(
 
 
 def unit_config(
-    cfg: TransferConfig, unit: Unit, bank: EncoderBank, train_hash: str, val_hash: str = ""
+    cfg: TransferConfig,
+    unit: Unit,
+    bank: EncoderBank,
+    train_hash: str,
+    val_hash: str = "",
+    test_hash: str = "",
 ) -> dict[str, Any]:
     """The resolved config hashed into the unit's run_id (module docstring). ``val_hash``
     identifies a shrunk selection val split ("" = the whole val split, and no key, so units
@@ -136,6 +141,8 @@ def unit_config(
     # The stage is deliberately not part of the unit: notebooks 02 and 03 share their
     # 100 %-label units (see :func:`reuse_unit`).
     extra = {"val_ids_md5": val_hash} if val_hash else {}
+    if test_hash:  # a capped test split (max_test); the whole split adds no key
+        extra["test_ids_md5"] = test_hash
     return {
         **extra,
         "dataset": cfg.dataset,
