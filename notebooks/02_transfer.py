@@ -42,6 +42,7 @@ batch_size: int = 128  # fine-tuning batch size
 max_train: int = 0  # cap on train images (stratified, fixed seed), 0 for the whole split
 max_val: int = 0  # cap on model-selection val images (stratified, fixed seed), 0 for all
 max_test: int = 0  # cap on test images, 0 for all (a tiny plumbing run only)
+keep_finetuned: bool = True  # write each fine-tuned unit's weights (04-06 read 02's)
 fractions_of: str = "pool"  # pool: fractions of the capped pool; split: of the whole split
 val_labels: str = "full"  # full: select on all of val; fraction: on a same-fraction subset
 fusion_arms: list[str] = []  # two or more arms fused by DVME (empty: no fusion)

@@ -167,6 +167,10 @@ class TransferConfig(StageConfig):
     # on a val subset of the same label fraction, >= 5 per class (a realistic low-label study).
     val_labels: str = "full"
     fusion_arms: tuple[str, ...] = ()  # DVME inputs; () = no fusion
+    # Write each fine-tuned unit's weights (finetuned.pt, ~94 MB for a ResNet-50). Notebooks
+    # 04-06 read notebook 02's; nothing reads notebook 03's, which full has 390 of per dataset.
+    # What a run keeps, not what it computes: not part of any run id.
+    keep_finetuned: bool = field(default=True, metadata={"job": True})
     fusion_modes: tuple[str, ...] = ("encoders", "dims", "concat")
     backbone: str = "resnet20_cifar"
     image_size: int = 28

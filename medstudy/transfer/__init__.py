@@ -166,7 +166,7 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
                 with Run(
                     stage, config, data.inputs, data.provenance, unit.seed, str(device)
                 ) as run:
-                    ctx = UnitContext(unit, run, bank, data, sub, device)
+                    ctx = UnitContext(unit, run, bank, data, sub, device, cfg.keep_finetuned)
                     scores, details = evaluate_unit(ctx)
                     rows, preds = [], []
                     for s in EVAL_SPLITS:

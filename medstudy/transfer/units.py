@@ -185,6 +185,7 @@ class UnitContext:
     data: TransferData
     subsets: dict[str, np.ndarray]
     device: torch.device
+    keep_model: bool = True  # write the fine-tuned weights (finetuned.pt); TransferConfig
 
     def tensors(self, name: str) -> TensorSplit:
         """The unit's view of split ``name`` as a :class:`TensorSplit`; a memory-mapped split
@@ -245,14 +246,15 @@ def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
         backbone, train, tensors["val"], info, settings, unit.seed, device, run_dir=ctx.run.dir
     )
     # (history.csv: written by the fit at every epoch end, the last write is the whole history)
-    save_checkpoint(
-        fit.model.backbone,
-        ctx.run.path("finetuned.pt"),
-        head_state=fit.model.head.state_dict(),
-        arm=unit.arm,
-        dataset=info.name,
-        best_epoch=fit.best_epoch,
-    )
+    if ctx.keep_model:
+        save_checkpoint(
+            fit.model.backbone,
+            ctx.run.path("finetuned.pt"),
+            head_state=fit.model.head.state_dict(),
+            arm=unit.arm,
+            dataset=info.name,
+            best_epoch=fit.best_epoch,
+        )
     details = {
         "best_epoch": fit.best_epoch,
         "best_val": fit.best_value,
