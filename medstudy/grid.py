@@ -21,7 +21,7 @@ CLI (``run_all.sh`` passes its flags here)::
 
     python -m medstudy.grid [--profile quick] [--only 01,03] [--datasets a,b] [--dry-run]
                             [--results DIR] [--force] [--launcher local|slurm]
-                            [--slurm-cluster slurm|local]
+                            [--slurm-cluster slurm|local] [--override FILE]
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medstudy import jobs as jobs_mod
-from medstudy import paths
+from medstudy import paths, profiles
 from medstudy.config import ConfigError, TransferConfig, validate_dataset
 from medstudy.jobs import NOTEBOOKS, GridError, Job, check_writable, failed_output, validate_jobs
 from medstudy.locks import hold_lock
@@ -49,7 +47,7 @@ from medstudy.slurm import SLURM_CLUSTERS, run_slurm, slurm_resources
 #: How the jobs are run: one after another here, or submitted through submitit.
 LAUNCHERS: tuple[str, ...] = ("local", "slurm")
 
-PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
+PROFILES: tuple[str, ...] = ("smoke", "quick", "full", "full128", "full224")
 #: The profile's shared ``pretrain`` block: exactly the notebook-01 settings that notebooks 02/03
 #: mirror as ``pretrain_<key>`` (TransferConfig) to find 01's checkpoints.
 PRETRAIN_KEYS: tuple[str, ...] = tuple(
@@ -70,17 +68,15 @@ PROFILE_KEYS = (
 )  # fmt: skip
 
 
-def load_profile(profile: str) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml`` (the shipped :data:`PROFILES` or a user's own file);
-    unknown profiles name the valid ones."""
+def load_profile(profile: str, overrides: Sequence[Path] = ()) -> dict[str, Any]:
+    """``params/<profile>.yaml`` (a shipped :data:`PROFILES` or a user's file) with its ``base:``
+    chain and ``overrides`` applied (:mod:`medstudy.profiles`); unknown names list the valid."""
+    try:
+        spec = profiles.resolve(profile, overrides)
+    except profiles.ProfileError as err:
+        raise GridError(str(err)) from None
     path = paths.params_dir() / f"{profile}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", profile) or not path.exists():
-        valid = sorted(p.stem for p in paths.params_dir().glob("*.yaml"))
-        raise GridError(f"unknown profile {profile!r}; valid: {valid}")
-    with open(path) as fh:
-        spec = yaml.safe_load(fh)
-    # The file name is the profile's identity (results root, the label in the paper).
-    spec["profile"] = profile
+    spec["profile"] = profile  # the file name: its identity (results root, label in the paper)
     for key in ("datasets", "notebooks"):
         if key not in spec:
             raise GridError(f"{path}: missing top-level key {key!r}")
@@ -236,6 +232,7 @@ def run(
     force: bool = False,
     launcher: str = "local",
     slurm_cluster: str | None = None,
+    overrides: Sequence[Path] = (),
 ) -> int:
     if launcher not in LAUNCHERS:
         raise GridError(f"unknown launcher {launcher!r}; valid: {list(LAUNCHERS)}")
@@ -243,7 +240,7 @@ def run(
         raise GridError("--slurm-cluster applies to --launcher slurm only")
     if slurm_cluster is not None and slurm_cluster not in SLURM_CLUSTERS:
         raise GridError(f"unknown --slurm-cluster {slurm_cluster!r}; valid: {list(SLURM_CLUSTERS)}")
-    spec = load_profile(profile)
+    spec = load_profile(profile, overrides)
     if datasets:
         for ds in datasets:
             validate_dataset(ds)
@@ -314,9 +311,7 @@ def absolutise_env_dirs(names: Sequence[str] = ENV_DIRS) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--profile", default="quick", help=f"{list(PROFILES)} or params/<name>.yaml"
-    )
+    parser.add_argument("--profile", default="quick", help=f"{list(PROFILES)} or params/<x>.yaml")
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--datasets", default="", help="override the profile's datasets")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
@@ -329,7 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --launcher slurm: slurm (default) | local (submitit's local executor: the "
         "same submission, each job a subprocess of this machine)",
     )
+    parser.add_argument("--override", action="append", default=[], help="profiles.py; repeatable")
     args = parser.parse_args(argv)
+    overrides = profiles.override_paths(args.override)
     # Notebook kernels run with the notebooks folder as cwd: a relative data or results dir
     # must be pinned to what it means here, or the kernels would look somewhere else.
     absolutise_env_dirs()
@@ -337,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MEDSTUDY_RESULTS_DIR"] = str(Path(args.results).resolve())
     elif not os.environ.get("MEDSTUDY_RESULTS_DIR"):
         # One results root per profile: smoke, quick and full runs never mix in one claims table.
-        os.environ["MEDSTUDY_RESULTS_DIR"] = str(paths.repo_root() / "results" / args.profile)
+        label = profiles.results_label(args.profile, overrides)
+        os.environ["MEDSTUDY_RESULTS_DIR"] = str(paths.repo_root() / "results" / label)
     only = [s for s in args.only.split(",") if s]
     datasets = [s for s in args.datasets.split(",") if s]
     try:
@@ -349,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.force,
             args.launcher,
             args.slurm_cluster,
+            overrides,
         )
     except (GridError, ValueError) as err:
         print(f"[medstudy] error: {err}", file=sys.stderr)

@@ -32,6 +32,7 @@ batch_size: int = 256  # images per step
 lr_scale: float = 1.0  # times each method's recipe LR (its optimiser, LR x batch/base batch)
 natural_lr_mult: float = 1.0  # natural_sup+ssl arms: backbone LR is lr times this (heads: lr)
 max_train: int = 512  # cap on train images, stratified and seeded; 0 means all
+max_val: int = 0  # cap on the kNN monitor's val images, 0 for all (a tiny plumbing run only)
 curriculum: list[str] = ["simclr:1", "spark:1"]  # method:epochs stages, used by the curriculum arm
 knn_k: int = 20  # neighbours of the kNN monitor
 seed: int = 0  # seeds init, sampling, augmentation and batch order

@@ -38,6 +38,7 @@ pretrain_batch_size: int = 256  # notebook 01's batch size
 pretrain_lr_scale: float = 1.0  # notebook 01's lr_scale
 pretrain_natural_lr_mult: float = 1.0  # notebook 01's backbone LR factor for natural_sup+ssl
 pretrain_max_train: int = 512  # notebook 01's train cap
+pretrain_max_val: int = 0  # notebook 01's kNN-monitor val cap
 pretrain_curriculum: list[str] = ["simclr:1", "spark:1"]  # notebook 01's curriculum stages
 pretrain_seed: int = 0  # the encoder seed of every pretrained arm (unless paired)
 pretrain_natural_weights: str = ""  # notebook 01 natural_weights (local natural_sup checkpoint)

@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "medstudy.grid": 5,
     "medstudy.jobs": 5,
     "medstudy.slurm": 5,
+    "medstudy.profiles": 5,
     "medstudy.audit": 5,
 }
 #: File names of a run folder; only medstudy/results.py may spell them out in code.

@@ -98,6 +98,7 @@ class RepresentationsConfig(StageConfig):
     pretrain_lr_scale: float = 1.0
     pretrain_natural_lr_mult: float = 1.0
     pretrain_max_train: int = 512
+    pretrain_max_val: int = field(default=0, metadata={"identity": "unless_default"})
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
     pretrain_seed: int = 0
     pretrain_natural_weights: str = ""

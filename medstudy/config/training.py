@@ -48,6 +48,9 @@ class PretrainConfig(StageConfig):
     # features from being erased by the first large SSL steps.
     natural_lr_mult: float = 1.0
     max_train: int = 512  # 0 = the whole train split
+    # val images the kNN monitor scores at most (stratified, seed 0); 0 = the whole val split.
+    # Only a tiny plumbing run sets it (params/overrides/cpu_tiny.yaml).
+    max_val: int = field(default=0, metadata={"identity": "unless_default"})
     curriculum: tuple[str, ...] = ("simclr:1", "spark:1")  # "method:epochs" stages
     knn_k: int = 20
     seed: int = 0
@@ -90,6 +93,7 @@ class PretrainConfig(StageConfig):
         _positive("lr_scale", self.lr_scale)
         _positive("natural_lr_mult", self.natural_lr_mult)
         _positive("max_train", self.max_train, allow_zero=True)
+        _positive("max_val", self.max_val, allow_zero=True)
         _positive("knn_k", self.knn_k)
         _positive("knn_every", self.knn_every)
         try:
@@ -156,6 +160,10 @@ class TransferConfig(StageConfig):
     # 0 = the whole val split. Val only picks the probe's L2 and the best epoch; the test split
     # is never capped here.
     max_val: int = 0
+    # Test images at most (stratified, seed CAP_SEED, the same for every unit); 0 = the whole
+    # test split, as every real study uses. Only a tiny plumbing run sets it
+    # (params/overrides/cpu_tiny.yaml); a capped unit hashes its test ids into its run id.
+    max_test: int = field(default=0, metadata={"identity": "unless_default"})
     # "pool": fractions are of the train split capped to max_train (seed-fixed pool);
     # "split": of the whole train split, max_train capping each unit's labelled count.
     fractions_of: str = "pool"
@@ -163,6 +171,10 @@ class TransferConfig(StageConfig):
     # on a val subset of the same label fraction, >= 5 per class (a realistic low-label study).
     val_labels: str = "full"
     fusion_arms: tuple[str, ...] = ()  # DVME inputs; () = no fusion
+    # Write each fine-tuned unit's weights (finetuned.pt, ~94 MB for a ResNet-50). Notebooks
+    # 04-06 read notebook 02's; nothing reads notebook 03's, which full has 390 of per dataset.
+    # What a run keeps, not what it computes: not part of any run id.
+    keep_finetuned: bool = field(default=True, metadata={"job": True})
     fusion_modes: tuple[str, ...] = ("encoders", "dims", "concat")
     backbone: str = "resnet20_cifar"
     image_size: int = 28
@@ -171,6 +183,7 @@ class TransferConfig(StageConfig):
     pretrain_lr_scale: float = 1.0
     pretrain_natural_lr_mult: float = 1.0
     pretrain_max_train: int = 512
+    pretrain_max_val: int = field(default=0, metadata={"identity": "unless_default"})
     pretrain_curriculum: tuple[str, ...] = ("simclr:1", "spark:1")
     pretrain_seed: int = 0
     # notebook 01's natural weights (PretrainConfig.natural_weights, natural_ssl_*)
@@ -195,6 +208,7 @@ class TransferConfig(StageConfig):
         # 0 = the whole train split; a negative cap would silently mean the same
         _positive("max_train", self.max_train, allow_zero=True)
         _positive("max_val", self.max_val, allow_zero=True)
+        _positive("max_test", self.max_test, allow_zero=True)
         for arm in (*self.arms, *self.fusion_arms, *self.finetune_arms):
             validate_arm(arm)
         for p in self.protocols:
@@ -250,6 +264,7 @@ class TransferConfig(StageConfig):
             lr_scale=self.pretrain_lr_scale,
             natural_lr_mult=self.pretrain_natural_lr_mult,
             max_train=self.pretrain_max_train,
+            max_val=self.pretrain_max_val,
             curriculum=self.pretrain_curriculum,
             seed=self.pretrain_seed if seed is None else seed,
             device=self.device,

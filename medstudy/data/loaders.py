@@ -45,7 +45,7 @@ from medstudy.data.manifest import fingerprint as manifest_fingerprint
 from medstudy.data.manifest import load_manifest_split, manifest_file
 from medstudy.data.pcam import NAME as PCAM_NAME
 from medstudy.data.pcam import fingerprint as pcam_fingerprint
-from medstudy.data.pcam import load_pcam_split
+from medstudy.data.pcam import load_pcam_split, resolve_pcam
 
 CHECKSUMS_FILE = "checksums.json"
 
@@ -320,17 +320,22 @@ def dataset_inputs(name: str | None, size: int, data_dir: Path | None = None) ->
     """What identifies ``name``'s data at ``size`` in a job hash: ``{file name: md5}`` of its
     npz, the content key of a manifest (rows, every image's md5, size, decoder), the md5s of the
     PCam h5 files; ``{}`` for generated data or a file not there yet (the job then fetches it).
-    A bad manifest raises :class:`DataFileError` here, before any job runs."""
+    A bad manifest, or offline (``MEDSTUDY_OFFLINE``) a file that is not there, raises
+    :class:`DataFileError` here, before any job runs, naming the file to fetch."""
     if name is None or name == "synth_lesions":
         return {}
     root = data_dir or paths.data_dir()
     if name == PCAM_NAME:
+        for split in SPLITS if offline() else ():
+            resolve_pcam(split, root)  # offline: a missing file fails now, naming it
         return pcam_fingerprint(size, root)
     info = INFO.get(name)
     if info is None and _is_manifest(name, root):
         return manifest_fingerprint(name, size, root)
     file = info.filename(size) if info else f"{name}.npz"
     path = root / file
+    if info is not None and not path.exists() and offline():
+        resolve_file(info, size, root)  # raises: the file, its URL and why it was not fetched
     return {file: file_md5(path)} if path.exists() else {}
 
 

@@ -191,6 +191,8 @@ def load_pretrain_data(cfg: PretrainConfig, plan: ArmPlan | None = None) -> Pret
     if 0 < cfg.max_train < len(train):
         # Stratified and seeded (multi-label sets: see ``sample_fractions``).
         train = train.subset(sample_fraction(train.labels, cfg.max_train / len(train), cfg.seed))
+    if 0 < cfg.max_val < len(val):  # the kNN monitor's val images (a plumbing run only)
+        val = val.subset(sample_fraction(val.labels, cfg.max_val / len(val), 0))
     inputs = {f"{cfg.dataset}.train": _split_md5(train), f"{cfg.dataset}.val": _split_md5(val)}
     return PretrainData(train, val, {**inputs, **natural}, weights)
 

@@ -17,7 +17,7 @@ the same weights reached by another notebook-01 config give the same ones; that 
 recorded in details.json), plus the data files' md5s. A finished unit is skipped. The stage is
 not hashed: notebook 03 copies the identical units notebook 02 finished (:func:`reuse_unit`).
 
-Sampling rules: test is always complete; val (model selection only) is complete unless
+Sampling rules: test is complete unless ``max_test > 0`` caps it (a plumbing run only); val (model selection only) is complete unless
 ``max_val > 0`` caps it (stratified, :data:`CAP_SEED`). ``max_train > 0`` first caps train to a
 seeded stratified subset (seed :data:`CAP_SEED`, the same for every unit, so "100 %" is one
 set); label fractions then subsample that pool with ``sample_fractions(pool.labels, fractions,
@@ -157,7 +157,8 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
             val_hash = ids_hash(val_ids[sub["val"]])
         elif data.val_capped:
             val_hash = ids_hash(val_ids)
-        config = unit_config(cfg, unit, bank, ids_hash(pool.ids[sub["train"]]), val_hash)
+        train_hash = ids_hash(pool.ids[sub["train"]])
+        config = unit_config(cfg, unit, bank, train_hash, val_hash, data.test_hash)
         rid = run_id(config, data.inputs)
         with pending(stage, rid) as todo:  # waits while another process computes the unit
             if todo and not reuse_unit(rid, stage):
@@ -165,7 +166,7 @@ def run_transfer(cfg: TransferConfig, stage: str = "transfer") -> pd.DataFrame:
                 with Run(
                     stage, config, data.inputs, data.provenance, unit.seed, str(device)
                 ) as run:
-                    ctx = UnitContext(unit, run, bank, data, sub, device)
+                    ctx = UnitContext(unit, run, bank, data, sub, device, cfg.keep_finetuned)
                     scores, details = evaluate_unit(ctx)
                     rows, preds = [], []
                     for s in EVAL_SPLITS:

@@ -26,6 +26,8 @@ class TransferData:
     provenance: dict[str, Any]
     #: True when ``max_val`` capped the val split: units then hash its sample ids.
     val_capped: bool = False
+    #: md5 of the test ids when ``max_test`` capped the test split, else "" (units hash it).
+    test_hash: str = ""
 
 
 def load_transfer_data(cfg: TransferConfig) -> TransferData:
@@ -33,7 +35,8 @@ def load_transfer_data(cfg: TransferConfig) -> TransferData:
     ``cfg.max_train`` (stratified, :data:`CAP_SEED`) and fractions are of that pool; with
     ``"split"`` train stays whole and the cap applies to each unit's labelled subset
     (:func:`medstudy.transfer.units.train_fraction`). ``cfg.max_val > 0`` caps the val split
-    the same way (stratified, :data:`CAP_SEED`); a val subset of a label fraction
+    the same way (stratified, :data:`CAP_SEED`), and ``cfg.max_test > 0`` the test split (a
+    plumbing run only); a val subset of a label fraction
     (``val_labels == "fraction"``) is then drawn from the capped split."""
     splits = {s: load_split(cfg.dataset, s, cfg.image_size) for s in SPLITS}
     train = splits["train"]
@@ -44,13 +47,20 @@ def load_transfer_data(cfg: TransferConfig) -> TransferData:
     val_capped = 0 < cfg.max_val < len(val)
     if val_capped:
         splits["val"] = val.subset(sample_fraction(val.labels, cfg.max_val / len(val), CAP_SEED))
+    test = splits["test"]
+    test_hash = ""
+    if 0 < cfg.max_test < len(test):
+        splits["test"] = test.subset(
+            sample_fraction(test.labels, cfg.max_test / len(test), CAP_SEED)
+        )
+        test_hash = ids_hash(splits["test"].ids)
     info = train.info
     prov = train.provenance
     # The file name, not its path: moving the data dir must not invalidate finished runs.
     key = Path(prov.file).name if prov.file else f"{cfg.dataset}@{cfg.image_size}"
     inputs = {key: prov.md5 or prov.source}
     provenance = {s: sp.provenance.as_dict() for s, sp in splits.items()}
-    return TransferData(splits, info, inputs, provenance, val_capped)
+    return TransferData(splits, info, inputs, provenance, val_capped, test_hash)
 
 
 def ids_hash(ids: np.ndarray) -> str:

@@ -127,7 +127,12 @@ def unit_subsets(
 
 
 def unit_config(
-    cfg: TransferConfig, unit: Unit, bank: EncoderBank, train_hash: str, val_hash: str = ""
+    cfg: TransferConfig,
+    unit: Unit,
+    bank: EncoderBank,
+    train_hash: str,
+    val_hash: str = "",
+    test_hash: str = "",
 ) -> dict[str, Any]:
     """The resolved config hashed into the unit's run_id (module docstring). ``val_hash``
     identifies a shrunk selection val split ("" = the whole val split, and no key, so units
@@ -136,6 +141,8 @@ def unit_config(
     # The stage is deliberately not part of the unit: notebooks 02 and 03 share their
     # 100 %-label units (see :func:`reuse_unit`).
     extra = {"val_ids_md5": val_hash} if val_hash else {}
+    if test_hash:  # a capped test split (max_test); the whole split adds no key
+        extra["test_ids_md5"] = test_hash
     return {
         **extra,
         "dataset": cfg.dataset,
@@ -178,6 +185,7 @@ class UnitContext:
     data: TransferData
     subsets: dict[str, np.ndarray]
     device: torch.device
+    keep_model: bool = True  # write the fine-tuned weights (finetuned.pt); TransferConfig
 
     def tensors(self, name: str) -> TensorSplit:
         """The unit's view of split ``name`` as a :class:`TensorSplit`; a memory-mapped split
@@ -238,14 +246,15 @@ def _finetune(ctx: UnitContext) -> tuple[Scores, dict[str, Any]]:
         backbone, train, tensors["val"], info, settings, unit.seed, device, run_dir=ctx.run.dir
     )
     # (history.csv: written by the fit at every epoch end, the last write is the whole history)
-    save_checkpoint(
-        fit.model.backbone,
-        ctx.run.path("finetuned.pt"),
-        head_state=fit.model.head.state_dict(),
-        arm=unit.arm,
-        dataset=info.name,
-        best_epoch=fit.best_epoch,
-    )
+    if ctx.keep_model:
+        save_checkpoint(
+            fit.model.backbone,
+            ctx.run.path("finetuned.pt"),
+            head_state=fit.model.head.state_dict(),
+            arm=unit.arm,
+            dataset=info.name,
+            best_epoch=fit.best_epoch,
+        )
     details = {
         "best_epoch": fit.best_epoch,
         "best_val": fit.best_value,
