@@ -262,6 +262,8 @@ def check_full_run(results: Path, jobs: list) -> None:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_full_profile_runs_on_cpu_with_the_tiny_override(real_data_dir, tmp_path):
+    """~45 min and ~16 GB of disk on a 2-core CPU (README, Profiles): full's 13 arms x 5 seeds x
+    6 fractions x 3 protocols make ~1 500 units, each ~0.7-2 s on a ResNet-50 at 64 px."""
     weights = _stand_in_data(tmp_path / "data")
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "medstudy.grid", "--profile", "full", "--override", str(TINY),
@@ -275,3 +277,14 @@ def test_full_profile_runs_on_cpu_with_the_tiny_override(real_data_dir, tmp_path
         results, expand(load_profile("full", [TINY, weights]), datasets=["synth_lesions"])
     )
     print(f"full profile, cpu_tiny override, synth_lesions: {wall:.0f} s")
+
+
+def test_max_test_caps_the_test_split_stratified_and_hashes_its_ids() -> None:
+    from medstudy.transfer.data import load_transfer_data
+
+    whole = load_transfer_data(TransferConfig(dataset="synth_lesions"))
+    capped = load_transfer_data(TransferConfig(dataset="synth_lesions", max_test=16))
+    assert whole.test_hash == "" and len(capped.splits["test"]) < len(whole.splits["test"])
+    assert 16 <= len(capped.splits["test"]) <= 20  # stratified, >= 1 per class
+    assert set(capped.splits["test"].labels) == set(whole.splits["test"].labels)
+    assert capped.test_hash and set(capped.splits["test"].ids) <= set(whole.splits["test"].ids)
