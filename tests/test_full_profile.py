@@ -261,9 +261,15 @@ def check_full_run(results: Path, jobs: list) -> None:
 
 @pytest.mark.slow
 @pytest.mark.realdata
+@pytest.mark.skipif(
+    os.environ.get("MEDSTUDY_TEST_FULL") != "1",
+    reason="opt-in (MEDSTUDY_TEST_FULL=1): ~44 min and ~16 GB on a 2-core CPU, beyond the "
+    "suite's 20-min budget; the fast tests above check full's design and the override",
+)
 def test_full_profile_runs_on_cpu_with_the_tiny_override(real_data_dir, tmp_path):
-    """~45 min and ~16 GB of disk on a 2-core CPU (README, Profiles): full's 13 arms x 5 seeds x
-    6 fractions x 3 protocols make ~1 500 units, each ~0.7-2 s on a ResNet-50 at 64 px."""
+    """~44 min and ~16 GB of disk on a 2-core CPU (README, Profiles): full's 13 arms x 5 seeds x
+    6 fractions x 3 protocols make ~1 500 units, each ~0.7-2 s on a ResNet-50 at 64 px. So it is
+    opt-in: ``MEDSTUDY_TEST_FULL=1 ./run_tests.sh tests/test_full_profile.py``."""
     weights = _stand_in_data(tmp_path / "data")
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "medstudy.grid", "--profile", "full", "--override", str(TINY),
