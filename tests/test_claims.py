@@ -347,6 +347,8 @@ def test_registry_rejects_unknown_keys() -> None:
         cl.Claim("CX", "t", "s", "paired", ("transfer",), "linear", statistics=("median",))
     assert all(c.family == c.id for c in cl.CLAIMS.values())
     assert cl.CLAIMS["C3"].published_for("retinamnist") == pytest.approx(0.1479)
+    # the full profile reads the full PCam: the same published gain as its 28 px subset
+    assert cl.CLAIMS["C3"].published_for("pcam") == cl.CLAIMS["C3"].published_for("pcam28_subset")
     assert len(cl.claims_table()) == 9
 
 
