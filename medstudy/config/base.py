@@ -141,6 +141,44 @@ def validate_device(device: str) -> str:
     return device
 
 
+def validate_parallel(
+    devices: int, num_nodes: int, sync_batchnorm: bool, device: str, prefix: str = ""
+) -> None:
+    """Data-parallel settings: ``devices`` and ``num_nodes`` >= 1 (several CPU processes are
+    allowed: gloo, as the tests run them); ``sync_batchnorm`` needs several processes (else it
+    changes nothing but the run id) and a GPU (torch's DDP refuses SyncBatchNorm on CPU)."""
+    for name, value in (("devices", devices), ("num_nodes", num_nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"parameter '{prefix}{name}' must be an int >= 1, got {value!r}")
+    # What this version cannot run, refused before any work (README, "Multi-GPU (DDP)"):
+    # - several processes on a GPU: the ranks are forked from the notebook's process (the only
+    #   launcher a Jupyter kernel allows), and a forked child cannot use CUDA once the parent has
+    #   (it has: the init row's kNN monitor runs on the device before fit);
+    # - several nodes: they need one process per device started by torchrun/srun, where every
+    #   process would run the whole pretrain() and write the run folder (no rank-0 gate yet).
+    if devices * num_nodes > 1 and device != "cpu":
+        raise ConfigError(
+            f"parameter '{prefix}devices'={devices} with device {device!r}: multi-GPU DDP is not "
+            "runnable in this version (forked ranks cannot use CUDA after the parent did); "
+            f"valid: {prefix}devices=1 on a GPU, or several CPU processes (gloo) with device 'cpu'"
+        )
+    if num_nodes > 1:
+        raise ConfigError(
+            f"parameter '{prefix}num_nodes'={num_nodes}: multi-node runs need an external "
+            "launcher (torchrun/srun), which this version does not support; valid: 1"
+        )
+    if sync_batchnorm and devices * num_nodes == 1:
+        raise ConfigError(
+            f"parameter '{prefix}sync_batchnorm'=True needs several processes "
+            f"({prefix}devices x {prefix}num_nodes > 1); with one it would change nothing"
+        )
+    if sync_batchnorm and device == "cpu":
+        raise ConfigError(
+            f"parameter '{prefix}sync_batchnorm'=True needs device 'cuda' (or 'auto' on a GPU "
+            "machine): torch's DistributedDataParallel refuses SyncBatchNorm on CPU"
+        )
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"parameter {name!r} must be {'>= 0' if allow_zero else '> 0'}: {value}")

@@ -17,6 +17,7 @@ from medstudy.config.base import (
     validate_dataset,
     validate_device,
     validate_image_size,
+    validate_parallel,
     validate_ssl_weights,
     validate_weights_file,
 )
@@ -78,10 +79,23 @@ class PretrainConfig(StageConfig):
     # ``seed``. A job-level setting, not part of any run's identity: the run of seed s is the
     # same whether its job ran one seed or several.
     replicates: tuple[int, ...] = field(default=(), metadata={"job": True})
+    # Data-parallel training (DDP, medstudy.pretrain.distributed): processes per node, nodes,
+    # and torch's SyncBatchNorm (GPU only). batch_size stays the global batch: each of the
+    # devices x num_nodes ranks trains on its 1/world share of every step's batch. Execution
+    # options: at their defaults they are not in the run id (existing runs keep theirs).
+    devices: int = field(default=1, metadata={"identity": "unless_default"})
+    num_nodes: int = field(default=1, metadata={"identity": "unless_default"})
+    sync_batchnorm: bool = field(default=False, metadata={"identity": "unless_default"})
 
     def __post_init__(self) -> None:
         validate_dataset(self.dataset)
         validate_arm(self.arm)
+        validate_parallel(self.devices, self.num_nodes, self.sync_batchnorm, self.device)
+        if self.batch_size % (self.devices * self.num_nodes):
+            raise ConfigError(
+                f"parameter 'batch_size'={self.batch_size} is the global batch and must be a "
+                f"multiple of devices x num_nodes = {self.devices * self.num_nodes}"
+            )
         if any(s < 0 for s in self.replicates) or len(set(self.replicates)) < len(self.replicates):
             raise ConfigError(
                 f"parameter 'replicates' must be distinct seeds >= 0, got {list(self.replicates)}"
@@ -196,6 +210,10 @@ class TransferConfig(StageConfig):
     # seed s, so CIs over seeds cover the pretraining's randomness; False: every seed uses the
     # encoder of pretrain_seed (one pretraining run per arm).
     pretrain_paired: bool = False
+    # notebook 01's data-parallel settings (PretrainConfig.devices, ...): they are in its run id
+    pretrain_devices: int = field(default=1, metadata={"identity": "unless_default"})
+    pretrain_num_nodes: int = field(default=1, metadata={"identity": "unless_default"})
+    pretrain_sync_batchnorm: bool = field(default=False, metadata={"identity": "unless_default"})
     device: str = "cpu"
     n_boot: int = field(default=500, metadata={"display": True})  # replicates of plotted CIs
 
@@ -234,6 +252,13 @@ class TransferConfig(StageConfig):
         validate_weights_file("pretrain_natural_weights", self.pretrain_natural_weights)
         validate_ssl_weights("pretrain_natural_ssl_weights", self.pretrain_natural_ssl_weights)
         validate_weights_file("pretrain_natural_ssl_file", self.pretrain_natural_ssl_file)
+        validate_parallel(
+            self.pretrain_devices,
+            self.pretrain_num_nodes,
+            self.pretrain_sync_batchnorm,
+            self.device,
+            prefix="pretrain_",
+        )
         if len(self.fusion_arms) == 1:
             raise ConfigError("parameter 'fusion_arms' needs >= 2 encoders (or none)")
         for name in ("finetune_epochs", "batch_size", "patience", "finetune_min_steps"):
@@ -272,6 +297,9 @@ class TransferConfig(StageConfig):
             natural_ssl_weights=self.pretrain_natural_ssl_weights,
             natural_ssl_file=self.pretrain_natural_ssl_file,
             torch_compile=self.pretrain_torch_compile,
+            devices=self.pretrain_devices,
+            num_nodes=self.pretrain_num_nodes,
+            sync_batchnorm=self.pretrain_sync_batchnorm,
         )
 
 

@@ -75,6 +75,7 @@ from medstudy.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from medstudy.pretrain import distributed
 from medstudy.pretrain.module import (
     HISTORY_COLUMNS,
     PretrainModule,
@@ -223,23 +224,23 @@ def _fit_stage(
         method = spec.build(backbone)
     train = TensorSplit.from_split(data.train)
     val = TensorSplit.from_split(data.val)
-    batch_size = min(cfg.batch_size, len(train))
+    ranks = distributed.world(cfg)
+    local_batch = min(cfg.batch_size, len(train)) // ranks  # cfg.batch_size: the global batch
     epoch_offset = int(history[-1]["epoch"]) if history else 0
     module = PretrainModule(
         method, spec, recipe, train, val, info.n_classes, cfg, stage_index, history, epoch_offset
     )
     loader = torch.utils.data.DataLoader(
         _Indices(len(train)),
-        sampler=_EpochPermutation(len(train), cfg.seed, stage_index),
-        batch_size=batch_size,
+        sampler=_EpochPermutation(len(train), cfg.seed, stage_index, local_batch, ranks),
+        batch_size=local_batch,
         drop_last=True,  # a last batch of 1 would break BatchNorm and in-batch negatives
     )
     ckpt = _resume_path(run_dir, stage_index, stage.method)
     ckpt_dir = ckpt.parent
     with quiet_lightning():
         trainer = L.Trainer(
-            accelerator=device.type if device.type == "cpu" else "gpu",
-            devices=1,
+            **distributed.trainer_options(cfg, device),
             max_epochs=stage.epochs,
             precision=precision(device),  # type: ignore[arg-type]
             logger=False,
@@ -254,6 +255,11 @@ def _fit_stage(
         )
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt if ckpt.exists() else None)
     backbone.load_state_dict(method.encoder().state_dict())
+    if ranks > 1:
+        # fit ran in forked workers: Lightning loaded rank 0's weights into `module`; its
+        # history is in the checkpoint rank 0 wrote at the last epoch's end
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return list(checkpoint["medstudy_history"])
     return module.history
 
 

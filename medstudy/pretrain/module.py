@@ -31,6 +31,7 @@ from medstudy.evaluate.knn import knn_accuracy
 from medstudy.results import atomic_write
 from medstudy.runtime import derive_seed, make_generator
 from medstudy.ssl import MethodSpec, SSLMethod, StepContext
+from medstudy.ssl import distributed as dist
 from medstudy.ssl.base import OptimRecipe
 
 WARMUP_FRACTION = 0.1  # linear lr warm-up over the first 10 % of steps, then cosine decay
@@ -62,20 +63,42 @@ class _Indices(torch.utils.data.Dataset[int]):
 
 
 class _EpochPermutation(torch.utils.data.Sampler[int]):
-    """A permutation per epoch from ``(seed, stage, epoch)``; Lightning calls ``set_epoch``."""
+    """A permutation per epoch from ``(seed, stage, epoch)``; Lightning calls ``set_epoch``.
 
-    def __init__(self, n: int, seed: int, stage: int) -> None:
+    Under DDP (``world`` ranks, read from the process group when iterated) every global batch
+    of ``world * batch`` consecutive indices of that one permutation is cut into ``world``
+    contiguous shards, rank r taking the r-th: the ranks' batches are disjoint, every rank has
+    the same number of them, and together they are the single-process run's batches.
+    """
+
+    def __init__(self, n: int, seed: int, stage: int, batch: int = 1, world: int = 1) -> None:
         self.n, self.seed, self.stage, self.epoch = n, seed, stage, 0
+        self.batch, self.world = batch, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        if self.world == 1:
+            return self.n
+        return self.n // (self.world * self.batch) * self.batch
+
+    def indices(self, rank: int) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.stage, self.epoch))
+        perm = torch.randperm(self.n, generator=g)
+        if self.world == 1:
+            return perm.tolist()
+        steps = self.n // (self.world * self.batch)
+        shards = perm[: steps * self.world * self.batch].view(steps, self.world, self.batch)
+        return shards[:, rank].reshape(-1).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.stage, self.epoch))
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        if dist.world_size() != self.world:
+            raise RuntimeError(
+                f"the sampler was built for {self.world} rank(s), the process group has "
+                f"{dist.world_size()}"
+            )
+        return iter(self.indices(dist.rank()))
 
 
 def _lamb(groups: list[dict[str, Any]], recipe: OptimRecipe) -> torch.optim.Optimizer:
@@ -179,6 +202,8 @@ class PretrainModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         seed = derive_seed(self.cfg.seed, "augment", self.stage_index, self.current_epoch)
+        if self.trainer.world_size > 1:  # each rank its own views (and SparK masks)
+            seed = derive_seed(seed, "rank", self.global_rank)
         self._generator = make_generator(self.device, seed)
         self._loss_sum, self._n_steps, self._n_images = 0.0, 0, 0
         self._epoch_t0 = time.perf_counter()
@@ -242,14 +267,19 @@ class PretrainModule(L.LightningModule):
                 self.method.encoder(), self.train_data, self.val_data, self.n_classes,
                 self.cfg.knn_k,
             )  # fmt: skip
+        loss, n_images = self._loss_sum / max(self._n_steps, 1), self._n_images
+        if self.trainer.world_size > 1:  # the mean over ranks, all ranks' images
+            both = torch.tensor([loss, n_images], dtype=torch.float64, device=self.device)
+            both = self.trainer.strategy.reduce(both, reduce_op="sum")
+            loss, n_images = float(both[0]) / self.trainer.world_size, int(both[1])
         row = {
             "stage": self.stage_index,
             "method": self.spec.name,
             "epoch": epoch,
             "step": int(self.global_step),
-            "loss": self._loss_sum / max(self._n_steps, 1),
+            "loss": loss,
             "knn_acc": acc,
-            "img_per_s": self._n_images / max(train_time, 1e-9),
+            "img_per_s": n_images / max(train_time, 1e-9),
             "epoch_time_s": train_time,
             "knn_time_s": time.perf_counter() - t0,
         }
@@ -277,7 +307,8 @@ class _EpochEnd(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, PretrainModule)
         pl_module.end_epoch()
-        _write_history(self.history_path, pl_module.history)
+        if trainer.is_global_zero:  # under DDP rank 0 writes (the checkpoint: Lightning's rule)
+            _write_history(self.history_path, pl_module.history)
         trainer.save_checkpoint(self.ckpt_path)
 
 

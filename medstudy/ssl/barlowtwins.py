@@ -16,6 +16,7 @@ from lightly.models.modules.heads import BarlowTwinsProjectionHead
 from medstudy.augment import BARLOWTWINS
 from medstudy.models import Backbone
 from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.distributed import gather
 
 
 class BarlowTwins(SSLMethod):
@@ -26,7 +27,8 @@ class BarlowTwins(SSLMethod):
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
         z0, z1 = (self.projection_head(self.backbone(v)) for v in views[:2])
-        return self.criterion(z0, z1)
+        # Under DDP: standardisation and cross-correlation over the global batch
+        return self.criterion(gather(z0), gather(z1))
 
 
 SPEC = MethodSpec(

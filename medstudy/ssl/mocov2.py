@@ -39,13 +39,18 @@ class MoCoV2(SSLMethod):
         self.key_backbone = momentum_copy(self.backbone)
         self.key_projection_head = momentum_copy(self.projection_head)
         self.criterion = NTXentLoss(
-            temperature=temperature, memory_bank_size=(queue_size, PROJECTION_DIM)
+            # under DDP the keys of every rank enter the queue (identical on all ranks)
+            temperature=temperature,
+            memory_bank_size=(queue_size, PROJECTION_DIM),
+            gather_distributed=True,
         )
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
         query = self.projection_head(self.backbone(views[0]))
         # MoCo's shuffle-BN only matters across GPUs (per-device BN statistics); on one device
-        # the key batch's BN statistics do not depend on the order, so it is omitted.
+        # the key batch's BN statistics do not depend on the order, so it is omitted. Under DDP
+        # it is not implemented either: each rank's keys use that rank's BN statistics (or the
+        # global batch's with sync_batchnorm), see medstudy.ssl.distributed.
         with torch.no_grad():
             key = self.key_projection_head(self.key_backbone(views[1]))
         return self.criterion(query, key)

@@ -3,7 +3,8 @@ arXiv:2002.05709).
 
 Two views per image, a 2-layer MLP projection and the NT-Xent loss over the 2N views; lightly's
 ``SimCLRProjectionHead`` and ``NTXentLoss``. Sizes follow lightly's CIFAR-10 benchmark (hidden
-512, output 128, temperature 0.5), the setting closest to 28–32 px images.
+512, output 128, temperature 0.5), the setting closest to 28–32 px images. Under DDP the
+negatives are those of the global batch (:mod:`medstudy.ssl.distributed`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lightly.models.modules.heads import SimCLRProjectionHead
 from medstudy.augment import SIMCLR
 from medstudy.models import Backbone
 from medstudy.ssl.base import LIGHTLY_CIFAR10_SGD, MethodSpec, SSLMethod, StepContext
+from medstudy.ssl.distributed import gather
 
 
 class SimCLR(SSLMethod):
@@ -26,7 +28,8 @@ class SimCLR(SSLMethod):
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> torch.Tensor:
         # One backbone pass over both views: BatchNorm sees 2N images, as in the paper.
         z0, z1 = self.projection_head(self.backbone(torch.cat(views))).chunk(2)
-        return self.criterion(z0, z1)
+        # Under DDP: the global batch's 2·W·N views (medstudy.ssl.distributed)
+        return self.criterion(gather(z0), gather(z1))
 
 
 SPEC = MethodSpec(

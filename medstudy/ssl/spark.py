@@ -48,6 +48,7 @@ from torch import nn
 from medstudy.augment import SPARK as SPARK_RECIPE
 from medstudy.models import Backbone
 from medstudy.ssl.base import MethodSpec, OptimRecipe, SSLMethod, StepContext
+from medstudy.ssl.distributed import all_reduce_sum
 
 #: SparK's own optimiser (keyu-tian/SparK, ``pretrain/utils/arg_util.py``): LAMB at
 #: ``base_lr 2e-4 x batch/256``, betas (0.9, 0.95) for ResNets, gradient norm clipped at 5.
@@ -107,7 +108,9 @@ def _expand(active: torch.Tensor, size: int) -> torch.Tensor:
     return active.repeat_interleave(r, 2).repeat_interleave(r, 3) if r > 1 else active
 
 
-def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _sparse_batch_norm(
+    bn: nn.BatchNorm2d | nn.SyncBatchNorm, x: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """BatchNorm over the visible positions only (SparK's sparse BN); masked outputs are 0.
 
     ``mask`` is a float (N,1,H,W) 0/1 map. Statistics come from masked sums, E[x] and E[x²]
@@ -123,6 +126,8 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) 
     ``pretrain/encoder.py``, ``sp_bn_forward``), whose kernels accumulate in float32, and
     pretrains in fp32 (``pretrain/main.py`` has no autocast). An fp32 input takes exactly the
     operations it took before this rule (CPU results unchanged).
+    A ``SyncBatchNorm`` (``sync_batchnorm`` under DDP) sums the statistics over all ranks
+    (differentiably, as torch's SyncBatchNorm); a plain BatchNorm uses the local batch.
     """
     dtype = x.dtype
     if dtype != torch.float32:
@@ -130,9 +135,14 @@ def _sparse_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) 
     x = x * mask
     if bn.training:
         count = mask.sum()  # visible positions, per channel
-        mean = x.sum(dim=(0, 2, 3)) / count
+        s1, s2 = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        if isinstance(bn, nn.SyncBatchNorm):  # sync_batchnorm under DDP: all ranks' positions
+            c = s1.shape[0]
+            sums = all_reduce_sum(torch.cat([s1, s2, count.view(1)]))
+            s1, s2, count = sums[:c], sums[c : 2 * c], sums[2 * c]
+        mean = s1 / count
         # clamp: the one-pass form can round a near-zero variance to a tiny negative value
-        var = ((x * x).sum(dim=(0, 2, 3)) / count - mean * mean).clamp_min(0.0)
+        var = (s2 / count - mean * mean).clamp_min(0.0)
         with torch.no_grad():
             momentum = 0.1 if bn.momentum is None else bn.momentum
             unbiased = var * count / (count - 1).clamp(min=1)
@@ -155,7 +165,7 @@ def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
     (N,1,g,g): conv/pool outputs are zeroed at masked positions, BatchNorm uses visible
     positions only. Restores the module on exit."""
     handles = []
-    patched: list[nn.BatchNorm2d] = []
+    patched: list[nn.BatchNorm2d | nn.SyncBatchNorm] = []
     masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # one expanded mask per size
 
     def mask_for(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +181,7 @@ def sparse_mode(module: nn.Module, active: torch.Tensor) -> Iterator[None]:
         for m in module.modules():
             if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
                 handles.append(m.register_forward_hook(zero_masked))
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # Sync: DDP's conversion
                 m.forward = (  # type: ignore[method-assign]
                     lambda x, bn=m: _sparse_batch_norm(bn, x, mask_for(x))
                 )

@@ -43,7 +43,13 @@ class SwAV(SSLMethod):
         super().__init__(backbone)
         self.projection_head = SwaVProjectionHead(backbone.feature_dim, 512, PROJECTION_DIM)
         self.prototypes = SwaVPrototypes(PROJECTION_DIM, n_prototypes)
-        self.criterion = SwaVLoss(temperature=0.1, sinkhorn_epsilon=0.05, sinkhorn_iterations=3)
+        # under DDP Sinkhorn normalises over every rank's codes (lightly all-reduces the sums)
+        self.criterion = SwaVLoss(
+            temperature=0.1,
+            sinkhorn_epsilon=0.05,
+            sinkhorn_iterations=3,
+            sinkhorn_gather_distributed=True,
+        )
         self.queue_start_epoch = queue_start_epoch
         self.frozen_fraction = frozen_fraction
         self.queues = nn.ModuleList(
