@@ -60,6 +60,9 @@ pretrain_natural_weights: str = ""  # notebook 01 natural_weights (local natural
 pretrain_natural_ssl_weights: str = "dino"  # notebook 01 natural_ssl release: dino, swav or mocov2
 pretrain_natural_ssl_file: str = ""  # notebook 01 natural_ssl_file (local copy; "": download)
 pretrain_torch_compile: bool = False  # notebook 01 torch_compile
+pretrain_devices: int = 1  # notebook 01 devices
+pretrain_num_nodes: int = 1  # notebook 01 num_nodes
+pretrain_sync_batchnorm: bool = False  # notebook 01 sync_batchnorm
 pretrain_paired: bool = False  # seed s uses the encoder pretrained with seed s (replicates)
 device: str = "cpu"  # cpu, cuda (an error without a GPU) or auto
 

@@ -105,6 +105,9 @@ class RepresentationsConfig(StageConfig):
     pretrain_natural_ssl_weights: str = "dino"
     pretrain_natural_ssl_file: str = ""
     pretrain_torch_compile: bool = field(default=False, metadata={"identity": "unless_default"})
+    pretrain_devices: int = field(default=1, metadata={"identity": "unless_default"})
+    pretrain_num_nodes: int = field(default=1, metadata={"identity": "unless_default"})
+    pretrain_sync_batchnorm: bool = field(default=False, metadata={"identity": "unless_default"})
     pretrain_paired: bool = False
     device: str = "cpu"
     n_boot: int = field(default=200, metadata={"display": True})  # bootstrap SE of table CIs
