@@ -67,11 +67,6 @@ def trainer_options(cfg: PretrainConfig, device: torch.device) -> dict[str, Any]
     base = {"accelerator": accelerator, "use_distributed_sampler": False}
     if world(cfg) == 1:
         return {**base, "devices": 1, "num_nodes": 1}
-    if device.type != "cpu":  # e.g. device 'auto' resolved to a GPU
-        raise ValueError(
-            f"devices={cfg.devices} resolved to {device.type!r}: multi-GPU DDP is not runnable "
-            "in this version (forked ranks cannot use CUDA after the parent did); use device 'cpu'"
-        )
     env = external_environment()
     if env is not None:
         raise ValueError(

@@ -17,10 +17,10 @@ the same weights reached by another notebook-01 config give the same ones; that 
 recorded in details.json), plus the data files' md5s. A finished unit is skipped. The stage is
 not hashed: notebook 03 copies the identical units notebook 02 finished (:func:`reuse_unit`).
 
-Sampling rules: test is complete unless ``max_test > 0`` caps it (a plumbing run only); val (model selection only) is complete unless
-``max_val > 0`` caps it (stratified, :data:`CAP_SEED`). ``max_train > 0`` first caps train to a
-seeded stratified subset (seed :data:`CAP_SEED`, the same for every unit, so "100 %" is one
-set); label fractions then subsample that pool with ``sample_fractions(pool.labels, fractions,
+Sampling rules: test is complete unless ``max_test > 0`` caps it (a plumbing run only); val
+(model selection only) is complete unless ``max_val > 0`` caps it (stratified,
+:data:`CAP_SEED`). ``max_train > 0`` first caps train to a seeded stratified subset (seed
+:data:`CAP_SEED`, the same for every unit, so "100 %" is one set); label fractions then subsample that pool with ``sample_fractions(pool.labels, fractions,
 seed)`` (stratified, nested across fractions, ≥ 1 example per class).
 
 Encoders: ``load_encoder(cfg.pretrain_config(arm))``. ``scratch`` is a random initialisation
